@@ -1,0 +1,768 @@
+//! Channels, subscribers, history, replay and event ids.
+//!
+//! Each channel keeps a ring of its latest events. The ring is also every
+//! subscriber's queue: a subscriber holds a cursor (the id of the last event it
+//! took) and, when woken, copies out every event after its cursor from its
+//! channels. Replay after `Last-Event-ID` and live delivery are then one
+//! mechanism, so nothing can slip between them or come twice.
+//!
+//! Ordering: ids are assigned and events appended under one lock, and
+//! `committed` (the newest id whose event is in its ring) is raised under the
+//! same lock. A subscriber only takes events up to `committed`, so an event
+//! with a smaller id can never turn up in another channel after the cursor has
+//! passed it: the stream a client sees is in strictly increasing id order, and
+//! its `Last-Event-ID` always means "everything after this".
+//!
+//! Waking: publishing never touches subscribers. It hands the channel to the
+//! fan-out thread, which bumps each subscriber's backlog and wakes it through a
+//! one-slot channel (a subscriber that is awake already is not woken again).
+//! A subscriber whose backlog passes `queue_size` is marked dropped: its stream
+//! ends and the client reconnects with its last id, replaying from the ring.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::event::{self, FieldError};
+
+/// An event id: a decimal integer that only grows, across channels and
+/// restarts.
+pub type EventId = u64;
+
+/// Channels one stream may subscribe to at most.
+pub const MAX_CHANNELS_PER_STREAM: usize = 32;
+
+/// Longest channel name in bytes.
+pub const MAX_CHANNEL_NAME: usize = 128;
+
+/// The channel used when a request names none.
+pub const DEFAULT_CHANNEL: &str = "default";
+
+/// A published event, encoded once; every subscriber shares the bytes.
+#[derive(Debug)]
+pub struct Event {
+    /// Its id.
+    pub id: EventId,
+    /// Its wire bytes, `id:` line to blank line.
+    pub bytes: Box<[u8]>,
+}
+
+/// Limits of a [`Broker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Events replayable per channel.
+    pub history: usize,
+    /// Events a subscriber may fall behind before it is dropped.
+    pub queue_size: usize,
+    /// Channels kept at most.
+    pub max_channels: usize,
+}
+
+/// Why the broker refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// A channel name is empty, too long or has a character outside
+    /// `[A-Za-z0-9._:/-]`.
+    InvalidChannel(String),
+    /// An event field cannot be encoded.
+    InvalidField(FieldError),
+    /// A stream asked for more than [`MAX_CHANNELS_PER_STREAM`] channels.
+    TooManyChannelsPerStream(usize),
+    /// `max_channels` channels exist and all have subscribers.
+    TooManyChannels(usize),
+}
+
+impl fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerError::InvalidChannel(name) => write!(
+                f,
+                "invalid channel name '{}': use 1 to {MAX_CHANNEL_NAME} bytes of A-Z a-z 0-9 . _ : / -",
+                name.escape_default()
+            ),
+            BrokerError::InvalidField(e) => e.fmt(f),
+            BrokerError::TooManyChannelsPerStream(n) => write!(
+                f,
+                "{n} channels requested, a stream may subscribe to at most {MAX_CHANNELS_PER_STREAM}"
+            ),
+            BrokerError::TooManyChannels(max) => write!(
+                f,
+                "the server holds its maximum of {max} channels, all with subscribers; try again later"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BrokerError {}
+
+impl From<FieldError> for BrokerError {
+    fn from(e: FieldError) -> Self {
+        BrokerError::InvalidField(e)
+    }
+}
+
+/// Checks a channel name: 1-128 bytes of `[A-Za-z0-9._:/-]`.
+///
+/// # Errors
+/// [`BrokerError::InvalidChannel`] quoting the name.
+pub fn validate_channel(name: &str) -> Result<(), BrokerError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CHANNEL_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidChannel(name.to_string()))
+    }
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The id given to the event.
+    pub id: EventId,
+    /// Streams subscribed to its channel when it was published.
+    pub subscribers: usize,
+}
+
+/// The registry of channels.
+pub struct Broker {
+    config: BrokerConfig,
+    registry: Mutex<Registry>,
+    committed: AtomicU64,
+    fanout_tx: Sender<Arc<Channel>>,
+}
+
+struct Registry {
+    channels: HashMap<Arc<str>, Arc<Channel>>,
+    last_id: EventId,
+    use_clock: u64,
+}
+
+struct Channel {
+    state: Mutex<ChannelState>,
+}
+
+struct ChannelState {
+    ring: VecDeque<Arc<Event>>,
+    /// Id of the newest event pushed out of the ring (0: none).
+    evicted_through: EventId,
+    subscribers: Vec<Arc<Subscriber>>,
+    last_used: u64,
+}
+
+/// The part of a subscriber the fan-out thread sees.
+struct Subscriber {
+    wake_tx: Sender<()>,
+    backlog: AtomicUsize,
+    dropped: AtomicBool,
+}
+
+impl Subscriber {
+    fn wake(&self) {
+        match self.wake_tx.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+        }
+    }
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.config)
+            .field("committed", &self.committed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a broker lock cannot leave its data half-updated
+    // (every update is a single push/remove), so a poisoned lock is still valid.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Broker {
+    /// Creates a broker and starts its fan-out thread, which ends when the
+    /// broker is dropped.
+    pub fn new(config: BrokerConfig) -> Arc<Broker> {
+        let (fanout_tx, fanout_rx) = crossbeam_channel::unbounded();
+        let queue_size = config.queue_size;
+        std::thread::Builder::new()
+            .name("fanout".into())
+            .stack_size(crate::SMALL_STACK)
+            .spawn(move || fan_out(fanout_rx, queue_size))
+            .expect("cannot start the fan-out thread at start-up");
+        Arc::new(Broker {
+            config,
+            registry: Mutex::new(Registry {
+                channels: HashMap::new(),
+                last_id: 0,
+                use_clock: 0,
+            }),
+            committed: AtomicU64::new(0),
+            fanout_tx,
+        })
+    }
+
+    /// Its limits.
+    pub fn config(&self) -> BrokerConfig {
+        self.config
+    }
+
+    /// Publishes one event to `channel` and returns its id; subscribers are
+    /// woken by the fan-out thread, never by the caller.
+    ///
+    /// # Errors
+    /// [`BrokerError`] for a bad channel or event name, or when no channel
+    /// can be made.
+    pub fn publish(
+        &self,
+        channel: &str,
+        event_name: Option<&str>,
+        data: &str,
+    ) -> Result<Published, BrokerError> {
+        validate_channel(channel)?;
+        if let Some(name) = event_name {
+            event::validate_event_name(name)?;
+        }
+        let ring_len = self.ring_capacity();
+        let mut registry = lock(&self.registry);
+        let target = registry.channel(channel, self.config.max_channels)?;
+        let id = (registry.last_id + 1).max(now_micros());
+        let bytes = event::encode_event(Some(&id.to_string()), event_name, data)?;
+        registry.last_id = id;
+        let subscribers = {
+            let mut state = lock(&target.state);
+            state.ring.push_back(Arc::new(Event {
+                id,
+                bytes: bytes.into_boxed_slice(),
+            }));
+            while state.ring.len() > ring_len {
+                if let Some(old) = state.ring.pop_front() {
+                    state.evicted_through = old.id;
+                }
+            }
+            state.subscribers.len()
+        };
+        self.committed.store(id, Ordering::Release);
+        drop(registry);
+        if subscribers > 0 {
+            // The receiver lives as long as the broker: this cannot fail.
+            let _ = self.fanout_tx.send(target);
+        }
+        Ok(Published { id, subscribers })
+    }
+
+    /// Subscribes to `channels` (none: the default channel). With
+    /// `last_event_id`, the first [`Subscription::drain`] replays every
+    /// retained event after it; without, only events published from now on
+    /// are delivered.
+    ///
+    /// # Errors
+    /// [`BrokerError`] for a bad or repeated-too-often channel list.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        channels: &[String],
+        last_event_id: Option<EventId>,
+    ) -> Result<Subscription, BrokerError> {
+        let mut names: Vec<&str> = channels.iter().map(String::as_str).collect();
+        if names.is_empty() {
+            names.push(DEFAULT_CHANNEL);
+        }
+        names.sort_unstable();
+        names.dedup();
+        if names.len() > MAX_CHANNELS_PER_STREAM {
+            return Err(BrokerError::TooManyChannelsPerStream(names.len()));
+        }
+        for name in &names {
+            validate_channel(name)?;
+        }
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        let me = Arc::new(Subscriber {
+            wake_tx,
+            backlog: AtomicUsize::new(0),
+            dropped: AtomicBool::new(false),
+        });
+        let mut registry = lock(&self.registry);
+        let mut joined = Vec::with_capacity(names.len());
+        for name in &names {
+            match registry.channel(name, self.config.max_channels) {
+                Ok(channel) => {
+                    lock(&channel.state).subscribers.push(Arc::clone(&me));
+                    joined.push(channel);
+                }
+                Err(e) => {
+                    registry.leave(&me, &joined, self.config.history);
+                    return Err(e);
+                }
+            }
+        }
+        let now = self.committed.load(Ordering::Acquire);
+        drop(registry);
+        Ok(Subscription {
+            broker: Arc::clone(self),
+            me,
+            channels: joined,
+            names: names.iter().map(|n| n.to_string()).collect(),
+            cursor: last_event_id.unwrap_or(now),
+            replaying: last_event_id.is_some(),
+            wake_rx,
+        })
+    }
+
+    /// Streams subscribed to `channel` now.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        let registry = lock(&self.registry);
+        registry
+            .channels
+            .get(channel)
+            .map_or(0, |c| lock(&c.state).subscribers.len())
+    }
+
+    /// Channels held now.
+    pub fn channel_count(&self) -> usize {
+        lock(&self.registry).channels.len()
+    }
+
+    /// Events held in all rings now.
+    pub fn history_size(&self) -> usize {
+        let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();
+        channels.iter().map(|c| lock(&c.state).ring.len()).sum()
+    }
+
+    /// The newest id published so far (0: none yet).
+    pub fn last_id(&self) -> EventId {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// A ring holds the replayable history, and at least a full queue so that
+    /// a subscriber within its queue size never misses an event.
+    fn ring_capacity(&self) -> usize {
+        self.config.history.max(self.config.queue_size)
+    }
+}
+
+impl Registry {
+    /// Finds or makes the channel `name`, evicting the least recently used
+    /// channel without subscribers when `max` channels exist.
+    fn channel(&mut self, name: &str, max: usize) -> Result<Arc<Channel>, BrokerError> {
+        self.use_clock += 1;
+        let now = self.use_clock;
+        if let Some(channel) = self.channels.get(name) {
+            lock(&channel.state).last_used = now;
+            return Ok(Arc::clone(channel));
+        }
+        if self.channels.len() >= max {
+            let idle = self
+                .channels
+                .iter()
+                .filter_map(|(name, c)| {
+                    let state = lock(&c.state);
+                    state
+                        .subscribers
+                        .is_empty()
+                        .then(|| (state.last_used, Arc::clone(name)))
+                })
+                .min();
+            match idle {
+                Some((_, victim)) => {
+                    self.channels.remove(&victim);
+                }
+                None => return Err(BrokerError::TooManyChannels(max)),
+            }
+        }
+        let channel = Arc::new(Channel {
+            state: Mutex::new(ChannelState {
+                ring: VecDeque::new(),
+                evicted_through: 0,
+                subscribers: Vec::new(),
+                last_used: now,
+            }),
+        });
+        self.channels.insert(Arc::from(name), Arc::clone(&channel));
+        Ok(channel)
+    }
+
+    /// Removes `me` from `channels`; a channel left with neither subscribers
+    /// nor replayable history is forgotten.
+    fn leave(&mut self, me: &Arc<Subscriber>, channels: &[Arc<Channel>], history: usize) {
+        for channel in channels {
+            let empty = {
+                let mut state = lock(&channel.state);
+                if let Some(at) = state.subscribers.iter().position(|s| Arc::ptr_eq(s, me)) {
+                    state.subscribers.swap_remove(at);
+                }
+                if state.subscribers.is_empty() && history == 0 {
+                    state.ring.clear();
+                }
+                state.subscribers.is_empty() && state.ring.is_empty()
+            };
+            if empty {
+                self.channels.retain(|_, c| !Arc::ptr_eq(c, channel));
+            }
+        }
+    }
+}
+
+/// The fan-out thread: for every published-to channel, bump each
+/// subscriber's backlog and wake it, or mark it dropped when the backlog
+/// passes `queue_size`.
+fn fan_out(channels_rx: Receiver<Arc<Channel>>, queue_size: usize) {
+    let mut batch: Vec<(Arc<Channel>, usize)> = Vec::new();
+    let mut subscribers: Vec<Arc<Subscriber>> = Vec::new();
+    while let Ok(first) = channels_rx.recv() {
+        batch.clear();
+        for channel in std::iter::once(first).chain(channels_rx.try_iter().take(4096)) {
+            match batch.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &channel)) {
+                Some((_, count)) => *count += 1,
+                None => batch.push((channel, 1)),
+            }
+        }
+        for (channel, count) in &batch {
+            subscribers.clear();
+            subscribers.extend(lock(&channel.state).subscribers.iter().cloned());
+            for subscriber in &subscribers {
+                let backlog = subscriber.backlog.fetch_add(*count, Ordering::AcqRel) + count;
+                if backlog > queue_size {
+                    subscriber.dropped.store(true, Ordering::Release);
+                }
+                subscriber.wake();
+            }
+        }
+        subscribers.clear();
+    }
+}
+
+/// A subscription, owned by one stream's thread; dropping it unsubscribes.
+pub struct Subscription {
+    broker: Arc<Broker>,
+    me: Arc<Subscriber>,
+    channels: Vec<Arc<Channel>>,
+    names: Vec<String>,
+    cursor: EventId,
+    replaying: bool,
+    wake_rx: Receiver<()>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channels", &self.names)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subscriber fell more than `queue_size` events behind and was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lagged;
+
+impl Subscription {
+    /// Ready (in `select!`) when new events may be waiting.
+    pub fn wake_rx(&self) -> &Receiver<()> {
+        &self.wake_rx
+    }
+
+    /// The channel names, sorted, without duplicates.
+    pub fn channels(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The id of the last event taken.
+    pub fn cursor(&self) -> EventId {
+        self.cursor
+    }
+
+    /// Appends to `out` every event after the cursor, in id order, and moves
+    /// the cursor past them. The first call after subscribing with a
+    /// `Last-Event-ID` is the replay.
+    ///
+    /// # Errors
+    /// [`Lagged`] when this subscriber was dropped for being too slow.
+    pub fn drain(&mut self, out: &mut Vec<Arc<Event>>) -> Result<(), Lagged> {
+        self.me.backlog.store(0, Ordering::Release);
+        if self.me.dropped.load(Ordering::Acquire) {
+            return Err(Lagged);
+        }
+        let upto = self.broker.committed.load(Ordering::Acquire);
+        if upto <= self.cursor {
+            return Ok(());
+        }
+        let history = self.broker.config.history;
+        let start = out.len();
+        for channel in &self.channels {
+            let state = lock(&channel.state);
+            if !self.replaying && state.evicted_through > self.cursor {
+                self.me.dropped.store(true, Ordering::Release);
+                return Err(Lagged);
+            }
+            let mut from = state.ring.partition_point(|e| e.id <= self.cursor);
+            if self.replaying {
+                from = from.max(state.ring.len().saturating_sub(history));
+            }
+            out.extend(state.ring.range(from..).take_while(|e| e.id <= upto).cloned());
+        }
+        if self.channels.len() > 1 {
+            out[start..].sort_unstable_by_key(|e| e.id);
+        }
+        self.cursor = upto;
+        self.replaying = false;
+        Ok(())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let history = self.broker.config.history;
+        lock(&self.broker.registry).leave(&self.me, &self.channels, history);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn broker(history: usize, queue_size: usize, max_channels: usize) -> Arc<Broker> {
+        Broker::new(BrokerConfig {
+            history,
+            queue_size,
+            max_channels,
+        })
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn drain_ids(sub: &mut Subscription) -> Vec<EventId> {
+        let mut out = Vec::new();
+        sub.drain(&mut out).expect("not lagged");
+        out.iter().map(|e| e.id).collect()
+    }
+
+    fn data_of(event: &Event) -> String {
+        let text = std::str::from_utf8(&event.bytes).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    #[test]
+    fn ids_grow_and_are_at_least_the_clock() {
+        let b = broker(10, 10, 10);
+        let before = now_micros();
+        let a = b.publish("a", None, "1").unwrap().id;
+        let c = b.publish("b", None, "2").unwrap().id;
+        assert!(a >= before, "{a} < {before}");
+        assert!(c > a);
+    }
+
+    #[test]
+    fn publish_encodes_once_with_id_and_name() {
+        let b = broker(10, 10, 10);
+        let mut sub = b.subscribe(&names(&["news"]), None).unwrap();
+        let id = b.publish("news", Some("update"), "x\ny").unwrap().id;
+        let mut out = Vec::new();
+        sub.drain(&mut out).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out[0].bytes).unwrap(),
+            format!("id: {id}\nevent: update\ndata: x\ndata: y\n\n")
+        );
+    }
+
+    #[test]
+    fn routes_only_to_subscribed_channels() {
+        let b = broker(10, 10, 10);
+        let mut a = b.subscribe(&names(&["a"]), None).unwrap();
+        let mut both = b.subscribe(&names(&["a", "b"]), None).unwrap();
+        let ia = b.publish("a", None, "to a").unwrap();
+        let ib = b.publish("b", None, "to b").unwrap();
+        assert_eq!(ia.subscribers, 2);
+        assert_eq!(ib.subscribers, 1);
+        assert_eq!(drain_ids(&mut a), vec![ia.id]);
+        assert_eq!(drain_ids(&mut both), vec![ia.id, ib.id]);
+    }
+
+    #[test]
+    fn no_channel_means_default() {
+        let b = broker(10, 10, 10);
+        let mut sub = b.subscribe(&[], None).unwrap();
+        let p = b.publish(DEFAULT_CHANNEL, None, "x").unwrap();
+        assert_eq!(drain_ids(&mut sub), vec![p.id]);
+    }
+
+    #[test]
+    fn replay_across_channels_in_id_order_then_live() {
+        let b = broker(100, 10, 10);
+        let ids: Vec<EventId> = (0..6)
+            .map(|i| {
+                b.publish(["x", "y", "z"][i % 3], None, &i.to_string())
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        let mut sub = b.subscribe(&names(&["x", "y"]), Some(ids[0])).unwrap();
+        // after ids[0]: events 1 (y), 3 (x), 4 (y); 2 and 5 are on z
+        assert_eq!(drain_ids(&mut sub), vec![ids[1], ids[3], ids[4]]);
+        let live = b.publish("x", None, "live").unwrap().id;
+        assert_eq!(drain_ids(&mut sub), vec![live]);
+        assert_eq!(drain_ids(&mut sub), Vec::<EventId>::new(), "nothing twice");
+    }
+
+    #[test]
+    fn replay_is_limited_to_history() {
+        let b = broker(3, 2, 10);
+        let ids: Vec<EventId> = (0..5)
+            .map(|i| b.publish("c", None, &i.to_string()).unwrap().id)
+            .collect();
+        let mut sub = b.subscribe(&names(&["c"]), Some(0)).unwrap();
+        assert_eq!(drain_ids(&mut sub), ids[2..].to_vec());
+    }
+
+    #[test]
+    fn subscriber_without_last_id_gets_only_new_events() {
+        let b = broker(10, 10, 10);
+        b.publish("c", None, "old").unwrap();
+        let mut sub = b.subscribe(&names(&["c"]), None).unwrap();
+        assert!(drain_ids(&mut sub).is_empty());
+        let new = b.publish("c", None, "new").unwrap().id;
+        assert_eq!(drain_ids(&mut sub), vec![new]);
+    }
+
+    #[test]
+    fn fan_out_wakes_subscribers() {
+        let b = broker(10, 10, 10);
+        let sub = b.subscribe(&names(&["c"]), None).unwrap();
+        b.publish("c", None, "x").unwrap();
+        sub.wake_rx()
+            .recv_timeout(Duration::from_secs(5))
+            .expect("woken by the fan-out thread");
+    }
+
+    #[test]
+    fn a_subscriber_past_its_queue_size_is_dropped_and_others_are_not() {
+        let b = broker(100, 4, 10);
+        let mut slow = b.subscribe(&names(&["c"]), None).unwrap();
+        let mut fast = b.subscribe(&names(&["c"]), None).unwrap();
+        let mut got = Vec::new();
+        for i in 0..10 {
+            b.publish("c", None, &i.to_string()).unwrap();
+            // the fast one keeps up: wait for its wake-up, then drain
+            fast.wake_rx().recv_timeout(Duration::from_secs(5)).unwrap();
+            got.extend(drain_ids(&mut fast));
+        }
+        assert_eq!(got.len(), 10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !slow.me.dropped.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "slow subscriber never dropped"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(slow.drain(&mut Vec::new()), Err(Lagged));
+        assert!(!fast.me.dropped.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn unsubscribing_forgets_empty_channels() {
+        let b = broker(0, 4, 10);
+        let sub = b.subscribe(&names(&["gone"]), None).unwrap();
+        b.publish("gone", None, "x").unwrap();
+        assert_eq!(b.channel_count(), 1);
+        drop(sub);
+        assert_eq!(b.channel_count(), 0);
+        assert_eq!(b.subscriber_count("gone"), 0);
+    }
+
+    #[test]
+    fn least_recently_used_idle_channel_is_evicted() {
+        let b = broker(10, 4, 2);
+        b.publish("one", None, "1").unwrap();
+        b.publish("two", None, "2").unwrap();
+        b.publish("one", None, "1 again").unwrap();
+        b.publish("three", None, "3").unwrap();
+        assert_eq!(b.channel_count(), 2);
+        let mut sub = b.subscribe(&names(&["two"]), Some(0)).unwrap();
+        assert!(drain_ids(&mut sub).is_empty(), "'two' was evicted");
+    }
+
+    #[test]
+    fn channels_with_subscribers_are_never_evicted() {
+        let b = broker(10, 4, 1);
+        let _sub = b.subscribe(&names(&["busy"]), None).unwrap();
+        assert_eq!(
+            b.publish("other", None, "x"),
+            Err(BrokerError::TooManyChannels(1))
+        );
+    }
+
+    #[test]
+    fn validates_channel_names() {
+        for good in ["a", "news.eu", "user:42", "a/b-c_d", &"x".repeat(128)] {
+            assert!(validate_channel(good).is_ok(), "{good}");
+        }
+        for bad in ["", "sp ace", "é", "a\nb", "a?b", &"x".repeat(129)] {
+            assert!(validate_channel(bad).is_err(), "{bad:?}");
+        }
+        let b = broker(10, 4, 10);
+        assert!(matches!(
+            b.publish("bad name", None, "x"),
+            Err(BrokerError::InvalidChannel(_))
+        ));
+        assert!(matches!(
+            b.publish("c", Some("a\nb"), "x"),
+            Err(BrokerError::InvalidField(FieldError::InvalidEventName))
+        ));
+        let many: Vec<String> = (0..33).map(|i| format!("c{i}")).collect();
+        assert!(matches!(
+            b.subscribe(&many, None),
+            Err(BrokerError::TooManyChannelsPerStream(33))
+        ));
+    }
+
+    #[test]
+    fn concurrent_publishers_keep_every_subscriber_in_id_order() {
+        let b = broker(1000, 1000, 10);
+        let mut subs: Vec<Subscription> = (0..3)
+            .map(|_| b.subscribe(&names(&["p", "q"]), None).unwrap())
+            .collect();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let b = &b;
+                s.spawn(move || {
+                    for i in 0..100 {
+                        b.publish(if t % 2 == 0 { "p" } else { "q" }, None, &format!("{t}-{i}"))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        for sub in &mut subs {
+            let mut out = Vec::new();
+            sub.drain(&mut out).unwrap();
+            assert_eq!(out.len(), 400);
+            assert!(out.windows(2).all(|w| w[0].id < w[1].id));
+            let mut data: Vec<String> = out.iter().map(|e| data_of(e)).collect();
+            data.sort();
+            data.dedup();
+            assert_eq!(data.len(), 400);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! tinysse: a small Server-Sent Events push server.
+//!
+//! A synchronous `tiny_http` server accepts requests; every stream gets its
+//! own thread, which waits with `crossbeam_channel::select!` on its tickers,
+//! its subscription and the shutdown signal, and writes each event to the
+//! client as it comes. A failed write is how it learns the client left.
+//!
+//! ```no_run
+//! let config = tinysse::Config { port: 0, ..tinysse::Config::default() };
+//! let server = tinysse::Server::start(config).expect("bind");
+//! println!("listening on http://{}", server.local_addr());
+//! server.stop();
+//! ```
+//!
+//! Modules, each with one job:
+//! - [`config`]: options and environment to a validated [`Config`];
+//! - [`event`]: the SSE wire format;
+//! - [`broker`]: channels, history, subscribers, ids;
+//! - [`stream`]: one stream's life;
+//! - [`http`]: dispatching and answering requests;
+//! - [`publish`]: publish bodies;
+//! - [`metrics`] and [`stats`]: counters and their exposition;
+//! - [`listener`]: the listening socket's options;
+//! - [`server`]: start and stop;
+//! - [`logger`]: log lines on stderr.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod broker;
+pub mod config;
+pub mod event;
+pub mod http;
+pub mod listener;
+pub mod logger;
+pub mod metrics;
+pub mod publish;
+pub mod server;
+pub mod stats;
+pub mod stream;
+
+pub use config::Config;
+pub use server::{Server, StartError};
+
+/// Stack size of the threads tinysse starts (streams, fan-out, requests):
+/// they need little, and a stream's whole cost matters at 10,000 streams.
+pub const SMALL_STACK: usize = 128 * 1024;
+
+/// The page served at `GET /demo`.
+pub const DEMO_PAGE: &str = include_str!("demo.html");

@@ -1,0 +1,139 @@
+//! The listening socket, set up so that tiny_http's connections behave.
+//!
+//! tiny_http never lets a handler reach a connection's socket, but on Linux an
+//! accepted socket inherits `SO_RCVTIMEO`, `SO_SNDTIMEO` and `TCP_NODELAY`
+//! from the listening socket. So the options are set once, here, on the
+//! listener (through a `TcpStream` view of the same descriptor, std only):
+//!
+//! - a short read timeout ([`IDLE_READ_TIMEOUT`]): tiny_http's pool thread,
+//!   which after a GET waits for a next request on the same connection, gives
+//!   up and closes its read half, so an open stream costs one thread and one
+//!   descriptor; an unfinished request head is dropped after the same time;
+//! - the write timeout (`--write-timeout`): a write to a client that stopped
+//!   reading fails after that long, ending its stream;
+//! - `TCP_NODELAY`: each event leaves at once instead of waiting for an ACK.
+//!
+//! The catch: `accept()` obeys the read timeout too, and tiny_http's acceptor
+//! thread ends on that error. [`KeepAwake`] connects to the listener more
+//! often than the timeout so that `accept()` never times out; if it ever does
+//! (a stalled machine), the dispatcher builds a new tiny_http server on the
+//! same listener (see `http::Dispatcher`).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a connection may be silent while tiny_http waits for a request
+/// head (a new request, or the next one on a kept-alive connection).
+pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often [`KeepAwake`] connects to the listener.
+const KEEP_AWAKE_EVERY: Duration = Duration::from_millis(400);
+
+/// Binds `host:port` and sets the options every accepted socket inherits.
+///
+/// # Errors
+/// The bind or `setsockopt` error.
+pub fn bind(host: &str, port: u16, write_timeout: Duration) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind((host, port))?;
+    let view = TcpStream::from(OwnedFd::from(listener));
+    view.set_read_timeout(Some(IDLE_READ_TIMEOUT))?;
+    view.set_write_timeout(Some(write_timeout))?;
+    view.set_nodelay(true)?;
+    Ok(TcpListener::from(OwnedFd::from(view)))
+}
+
+/// The address to connect to for reaching a listener bound to `bound`
+/// (an unspecified address is reached through loopback).
+pub fn connect_address(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+/// A thread that connects to the listener every 400 ms so that tiny_http's
+/// `accept()` never runs into the inherited read timeout. Stops when dropped.
+#[derive(Debug)]
+pub struct KeepAwake {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl KeepAwake {
+    /// Starts poking `addr`.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn start(addr: SocketAddr) -> io::Result<KeepAwake> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("keep-awake".into())
+            .stack_size(crate::SMALL_STACK)
+            .spawn(move || {
+                while !stop_flag.load(Ordering::Acquire) {
+                    // The connection is closed at once; tiny_http reads EOF
+                    // and forgets it. A failure is retried next time.
+                    let _ = TcpStream::connect_timeout(&addr, KEEP_AWAKE_EVERY);
+                    std::thread::park_timeout(KEEP_AWAKE_EVERY);
+                }
+            })?;
+        Ok(KeepAwake {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for KeepAwake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::Instant;
+
+    #[test]
+    fn accepted_sockets_inherit_the_timeouts() {
+        let listener = bind("127.0.0.1", 0, Duration::from_millis(700)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        assert_eq!(accepted.read_timeout().unwrap(), Some(IDLE_READ_TIMEOUT));
+        assert_eq!(
+            accepted.write_timeout().unwrap(),
+            Some(Duration::from_millis(700))
+        );
+        assert!(accepted.nodelay().unwrap());
+        let start = Instant::now();
+        let err = accepted.read(&mut [0u8; 8]).unwrap_err();
+        assert!(matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ));
+        assert!(start.elapsed() >= IDLE_READ_TIMEOUT / 2);
+    }
+
+    #[test]
+    fn unspecified_addresses_are_reached_through_loopback() {
+        let any: SocketAddr = "0.0.0.0:80".parse().unwrap();
+        assert_eq!(connect_address(any), "127.0.0.1:80".parse().unwrap());
+        let v6: SocketAddr = "[::]:81".parse().unwrap();
+        assert_eq!(connect_address(v6), "[::1]:81".parse().unwrap());
+    }
+}

@@ -1,0 +1,73 @@
+//! The `tinysse` binary: arguments to a config, logging, run until SIGINT or
+//! SIGTERM, exit code.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tinysse::config::{self, Command};
+use tinysse::{Config, Server};
+
+/// Stack size for tiny_http's connection threads, which follow only
+/// `RUST_MIN_STACK`: they parse request heads and need little.
+const POOL_STACK: &str = "131072";
+
+fn main() -> ExitCode {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        // Still single-threaded here: nothing else reads the environment.
+        std::env::set_var("RUST_MIN_STACK", POOL_STACK);
+    }
+    let command = config::parse(std::env::args_os().skip(1), |name| std::env::var(name).ok());
+    let config = match command {
+        Ok(Command::Run(config)) => *config,
+        Ok(Command::Help) => {
+            print!("{}", config::help_text());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("tinysse {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tinysse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tinysse::logger::init(config.log);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("tinysse: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::info!("open files limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open files limit: {e}"),
+    }
+    if config.publish_token.is_none() && !is_loopback(&config.host) {
+        log::warn!(
+            "listening on {} without --publish-token: anyone who can reach it can publish",
+            config.host
+        );
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let server = Server::start(config)?;
+    println!("tinysse listening on http://{}", server.local_addr());
+    let _ = std::io::stdout().flush();
+    log::info!("listening on http://{}", server.local_addr());
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal} received, stopping");
+    }
+    server.stop();
+    Ok(())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

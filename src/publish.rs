@@ -1,0 +1,274 @@
+//! `POST /publish` requests: reading the body within limits and turning the
+//! raw or JSON form into a [`PublishRequest`].
+
+use std::fmt;
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::broker::DEFAULT_CHANNEL;
+
+/// How long a client may take to send a whole publish body.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One event to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// Target channel (not yet validated).
+    pub channel: String,
+    /// Event name, if any (not yet validated).
+    pub event: Option<String>,
+    /// The data, as text.
+    pub data: String,
+}
+
+/// Why a publish request cannot be used.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The body is larger than the limit (in bytes).
+    TooLarge(usize),
+    /// The body is not UTF-8.
+    NotUtf8,
+    /// The JSON body does not parse.
+    BadJson(String),
+    /// The JSON body is not an object.
+    NotAnObject,
+    /// The JSON object has no `data`.
+    MissingData,
+    /// A JSON field has the wrong type.
+    NotAString(&'static str),
+    /// The client took longer than [`BODY_DEADLINE`] to send the body.
+    TooSlow,
+    /// Reading the body failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::TooLarge(max) => {
+                write!(f, "body too large: at most {max} bytes are accepted (--max-body)")
+            }
+            PublishError::NotUtf8 => f.write_str("body is not valid UTF-8"),
+            PublishError::BadJson(e) => write!(f, "body is not valid JSON: {e}"),
+            PublishError::NotAnObject => f.write_str(
+                "JSON body must be an object such as {\"channel\": \"news\", \"data\": \"hello\"}",
+            ),
+            PublishError::MissingData => f.write_str("JSON body has no 'data' field"),
+            PublishError::NotAString(field) => write!(f, "JSON field '{field}' must be a string"),
+            PublishError::TooSlow => {
+                write!(f, "body not received within {} seconds", BODY_DEADLINE.as_secs())
+            }
+            PublishError::Io(e) => write!(f, "reading the body failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// Reads a body of at most `max` bytes within [`BODY_DEADLINE`].
+///
+/// # Errors
+/// [`PublishError::TooLarge`] past `max` (at once when `declared` says so),
+/// [`PublishError::TooSlow`], or the read error.
+pub fn read_body(
+    reader: &mut dyn Read,
+    declared: Option<usize>,
+    max: usize,
+) -> Result<Vec<u8>, PublishError> {
+    if declared.is_some_and(|len| len > max) {
+        return Err(PublishError::TooLarge(max));
+    }
+    let started = Instant::now();
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(max));
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(body),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(PublishError::TooSlow)
+            }
+            Err(e) => return Err(PublishError::Io(e)),
+        };
+        if body.len() + n > max {
+            return Err(PublishError::TooLarge(max));
+        }
+        body.extend_from_slice(&chunk[..n]);
+        if started.elapsed() > BODY_DEADLINE {
+            return Err(PublishError::TooSlow);
+        }
+    }
+}
+
+/// True when a `Content-Type` value means JSON.
+pub fn is_json(content_type: &str) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Builds the request from the query string, the body and whether it is
+/// JSON. Raw form: `?channel=&event=`, the body is the data. JSON form:
+/// `{"channel", "event", "data"}`, where non-string data is sent as compact
+/// JSON; a field missing from the JSON falls back to the query.
+///
+/// # Errors
+/// [`PublishError`] saying what is wrong with the body.
+pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, PublishError> {
+    let mut channel = None;
+    let mut event = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match key.as_ref() {
+            "channel" => channel = Some(value.into_owned()),
+            "event" => event = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let text = String::from_utf8(body).map_err(|_| PublishError::NotUtf8)?;
+    let data = if json {
+        let value: Value = serde_json::from_str(&text).map_err(|e| PublishError::BadJson(e.to_string()))?;
+        let Value::Object(mut object) = value else {
+            return Err(PublishError::NotAnObject);
+        };
+        if let Some(v) = object.remove("channel") {
+            channel = Some(into_string(v, "channel")?);
+        }
+        if let Some(v) = object.remove("event") {
+            event = match v {
+                Value::Null => None,
+                v => Some(into_string(v, "event")?),
+            };
+        }
+        match object.remove("data") {
+            Some(Value::String(s)) => s,
+            Some(other) => other.to_string(),
+            None => return Err(PublishError::MissingData),
+        }
+    } else {
+        text
+    };
+    Ok(PublishRequest {
+        channel: channel.unwrap_or_else(|| DEFAULT_CHANNEL.to_string()),
+        event: event.filter(|e| !e.is_empty()),
+        data,
+    })
+}
+
+fn into_string(value: Value, field: &'static str) -> Result<String, PublishError> {
+    match value {
+        Value::String(s) => Ok(s),
+        _ => Err(PublishError::NotAString(field)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_form_takes_query_and_body() {
+        let r = parse("channel=news&event=update", false, b"hello".to_vec()).unwrap();
+        assert_eq!(
+            r,
+            PublishRequest {
+                channel: "news".into(),
+                event: Some("update".into()),
+                data: "hello".into()
+            }
+        );
+        let r = parse("", false, Vec::new()).unwrap();
+        assert_eq!(
+            r,
+            PublishRequest {
+                channel: "default".into(),
+                event: None,
+                data: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn raw_form_decodes_percent_escapes() {
+        let r = parse("channel=a%2Fb&event=new%20item", false, b"x".to_vec()).unwrap();
+        assert_eq!(r.channel, "a/b");
+        assert_eq!(r.event.as_deref(), Some("new item"));
+    }
+
+    #[test]
+    fn json_form_with_string_and_structured_data() {
+        let r = parse(
+            "",
+            true,
+            br#"{"channel":"news","event":"update","data":"text"}"#.to_vec(),
+        )
+        .unwrap();
+        assert_eq!(r.data, "text");
+        assert_eq!(r.event.as_deref(), Some("update"));
+        let r = parse(
+            "",
+            true,
+            br#"{"channel":"n","data":{"a": [1, 2], "b": null}}"#.to_vec(),
+        )
+        .unwrap();
+        assert_eq!(r.data, r#"{"a":[1,2],"b":null}"#);
+        let r = parse("channel=q", true, br#"{"data":5}"#.to_vec()).unwrap();
+        assert_eq!((r.channel.as_str(), r.data.as_str()), ("q", "5"));
+    }
+
+    #[test]
+    fn json_errors_say_what_is_wrong() {
+        assert!(matches!(
+            parse("", true, b"{".to_vec()),
+            Err(PublishError::BadJson(_))
+        ));
+        assert!(matches!(
+            parse("", true, b"[1]".to_vec()),
+            Err(PublishError::NotAnObject)
+        ));
+        assert!(matches!(
+            parse("", true, br#"{"channel":"a"}"#.to_vec()),
+            Err(PublishError::MissingData)
+        ));
+        assert!(matches!(
+            parse("", true, br#"{"channel":1,"data":"x"}"#.to_vec()),
+            Err(PublishError::NotAString("channel"))
+        ));
+        assert!(matches!(
+            parse("", false, vec![0xff, 0xfe]),
+            Err(PublishError::NotUtf8)
+        ));
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/vnd.api+json"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn body_limits() {
+        let mut small: &[u8] = b"12345";
+        assert_eq!(read_body(&mut small, Some(5), 5).unwrap(), b"12345");
+        let mut big: &[u8] = b"123456";
+        assert!(matches!(
+            read_body(&mut big, None, 5),
+            Err(PublishError::TooLarge(5))
+        ));
+        let mut declared: &[u8] = b"";
+        assert!(matches!(
+            read_body(&mut declared, Some(6), 5),
+            Err(PublishError::TooLarge(5))
+        ));
+    }
+}

@@ -1,0 +1,211 @@
+//! A running server: start it, learn its address, stop it.
+//!
+//! Stopping follows the spec's order: stop accepting; let requests already
+//! being answered finish (so every `200` for a publish is for an event in the
+//! broker); then tell every stream to end, each first writing every event it
+//! has not written yet; wait for them, at most until the deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::broker::{Broker, BrokerConfig};
+use crate::config::Config;
+use crate::listener::{self, KeepAwake};
+use crate::stats::Stats;
+use crate::stream::StreamSettings;
+
+/// How long a stop may take from signal to return, leaving the process time
+/// to exit within the spec's 2 s.
+const STOP_DEADLINE: Duration = Duration::from_millis(1700);
+
+/// What every thread of a server shares.
+pub struct App {
+    /// The validated options.
+    pub config: Config,
+    /// Channels and subscribers.
+    pub broker: Arc<Broker>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// What every stream needs to know.
+    pub stream_settings: StreamSettings,
+    /// Ready (disconnected) once streams must end.
+    pub shutdown_rx: Receiver<()>,
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    stopping: AtomicBool,
+    requests_in_flight: AtomicUsize,
+}
+
+impl App {
+    /// True once the server is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Counts one request being answered on a thread of its own, if fewer
+    /// than `max` are.
+    pub fn begin_request(self: &Arc<Self>, max: usize) -> Option<RequestGuard> {
+        self.requests_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| RequestGuard {
+                app: Arc::clone(self),
+            })
+    }
+}
+
+/// One request in flight; dropping it ends the count.
+pub struct RequestGuard {
+    app: Arc<App>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.app.requests_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Binding the address failed.
+    Bind {
+        /// The address asked for.
+        address: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind { address, source } => write!(f, "cannot listen on {address}: {source}"),
+            StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running server.
+pub struct Server {
+    app: Arc<App>,
+    addr: SocketAddr,
+    dispatcher: Option<JoinHandle<()>>,
+    keep_awake: Option<KeepAwake>,
+}
+
+impl Server {
+    /// Binds and starts serving in background threads.
+    ///
+    /// # Errors
+    /// [`StartError`] when the address cannot be bound or a thread started.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let tcp = listener::bind(&config.host, config.port, config.write_timeout).map_err(|source| {
+            StartError::Bind {
+                address: format!("{}:{}", config.host, config.port),
+                source,
+            }
+        })?;
+        let addr = tcp.local_addr().map_err(StartError::Thread)?;
+        let broker = Broker::new(BrokerConfig {
+            history: config.history,
+            queue_size: config.queue_size,
+            max_channels: config.max_channels,
+        });
+        let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
+        let app = Arc::new(App {
+            stream_settings: StreamSettings {
+                ping_interval: config.ping_interval,
+                retry: config.retry,
+                cors_origin: config.cors_origin.clone(),
+            },
+            config,
+            broker,
+            stats: Arc::new(Stats::default()),
+            shutdown_rx,
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            stopping: AtomicBool::new(false),
+            requests_in_flight: AtomicUsize::new(0),
+        });
+        let keep_awake = KeepAwake::start(listener::connect_address(addr)).map_err(StartError::Thread)?;
+        let dispatch_app = Arc::clone(&app);
+        let dispatcher = std::thread::Builder::new()
+            .name("dispatch".into())
+            .spawn(move || crate::http::dispatch(&dispatch_app, &tcp))
+            .map_err(StartError::Thread)?;
+        Ok(Server {
+            app,
+            addr,
+            dispatcher: Some(dispatcher),
+            keep_awake: Some(keep_awake),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state, for embedding and tests.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops: no new connections, requests in progress finish, every stream
+    /// writes what was accepted and ends. Returns within about 1.7 s.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        let started = Instant::now();
+        let deadline = started + STOP_DEADLINE;
+        self.app.stopping.store(true, Ordering::Release);
+        self.keep_awake.take();
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let _ = dispatcher.join();
+        }
+        // Publishes on their own threads finish before streams are told to
+        // end, so each accepted event is in the broker by then.
+        let requests_deadline = started + STOP_DEADLINE / 2;
+        while self.app.requests_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < requests_deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let streams = self.app.stats.open_streams();
+        drop(
+            self.app
+                .shutdown_tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        while self.app.stats.open_streams() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        log::info!(
+            "stopped in {}: {} streams ended, {} still writing",
+            crate::stream::elapsed_text(started),
+            streams,
+            self.app.stats.open_streams()
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.dispatcher.is_some() {
+            self.stop_now();
+        }
+    }
+}

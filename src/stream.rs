@@ -1,0 +1,238 @@
+//! One stream's life: write the head, then wait in `select!` for the demo
+//! ticker, published events, the ping ticker or shutdown, and write each as
+//! it comes, flushed at once. A failed write means the client left.
+//!
+//! Why not tiny_http's `Response`: with a streaming body it chunk-encodes into
+//! an 8 KiB buffer that is not flushed per event (events arrive seconds late),
+//! and for HTTP/1.0 it reads the whole body before sending anything, which
+//! never happens for an endless stream. So a stream takes the raw connection
+//! (`Request::into_writer`) and writes its own response head: no
+//! `Content-Length`, no chunking, `Connection: close`; the body ends when the
+//! connection closes, which HTTP/1.0 and 1.1 clients both accept.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{never, select, tick, Receiver};
+
+use crate::broker::{Event, Lagged, Subscription};
+use crate::event;
+use crate::stats::{CloseReason, Stats};
+
+/// What a stream sends besides pings.
+#[derive(Debug)]
+pub enum Source {
+    /// The demo of `GET /`: `new_message` events counting up from `first_id`,
+    /// one at once and then one every `every` (`None`: only the first).
+    Demo {
+        /// Id of the first event.
+        first_id: u64,
+        /// Interval of the ticker.
+        every: Option<Duration>,
+    },
+    /// Published events of the subscribed channels.
+    Channels(Subscription),
+}
+
+/// Settings shared by every stream.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Interval of ping comments.
+    pub ping_interval: Duration,
+    /// `retry:` to send first, in milliseconds.
+    pub retry: Option<u64>,
+    /// `Access-Control-Allow-Origin` value.
+    pub cors_origin: Option<String>,
+}
+
+/// The response head of every stream.
+pub fn response_head(http10: bool, cors_origin: Option<&str>) -> Vec<u8> {
+    let mut head = String::with_capacity(256);
+    head.push_str(if http10 {
+        "HTTP/1.0 200 OK\r\n"
+    } else {
+        "HTTP/1.1 200 OK\r\n"
+    });
+    head.push_str("Content-Type: text/event-stream; charset=utf-8\r\n");
+    head.push_str("Cache-Control: no-cache\r\n");
+    head.push_str("X-Accel-Buffering: no\r\n");
+    head.push_str("Connection: close\r\n");
+    if let Some(origin) = cors_origin {
+        head.push_str("Access-Control-Allow-Origin: ");
+        head.push_str(origin);
+        head.push_str("\r\n");
+        if origin != "*" {
+            head.push_str("Vary: Origin\r\n");
+        }
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// The text of a ping comment: `ping - YYYY-MM-DD HH:MM:SS.ffffff` in UTC.
+pub fn ping_text(now: time::OffsetDateTime) -> String {
+    format!(
+        "ping - {:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.microsecond()
+    )
+}
+
+/// A stream's connection and what it has sent.
+pub struct Stream {
+    writer: Box<dyn Write + Send>,
+    stats: Arc<Stats>,
+    /// Events written so far.
+    pub events_written: u64,
+}
+
+impl Stream {
+    /// Wraps the raw connection of a request.
+    pub fn new(writer: Box<dyn Write + Send>, stats: Arc<Stats>) -> Stream {
+        Stream {
+            writer,
+            stats,
+            events_written: 0,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write_all(bytes)?;
+        self.writer.flush()
+    }
+
+    fn send_events(&mut self, events: &[Arc<Event>]) -> io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Several pending events go out in one flush: the writer's buffer
+        // gathers small ones, big ones pass straight through.
+        for e in events {
+            self.writer.write_all(&e.bytes)?;
+        }
+        self.writer.flush()?;
+        self.events_written += events.len() as u64;
+        self.stats.count_delivered(events.len() as u64);
+        Ok(())
+    }
+
+    /// Writes the head and runs the stream until it ends; returns why.
+    pub fn run(
+        &mut self,
+        http10: bool,
+        mut source: Source,
+        settings: &StreamSettings,
+        shutdown_rx: &Receiver<()>,
+    ) -> CloseReason {
+        match self.serve(http10, &mut source, settings, shutdown_rx) {
+            Ok(reason) => reason,
+            Err(e) => {
+                log::debug!("stream write failed: {e}");
+                CloseReason::ClientLeft
+            }
+        }
+    }
+
+    fn serve(
+        &mut self,
+        http10: bool,
+        source: &mut Source,
+        settings: &StreamSettings,
+        shutdown_rx: &Receiver<()>,
+    ) -> io::Result<CloseReason> {
+        let mut head = response_head(http10, settings.cors_origin.as_deref());
+        if let Some(ms) = settings.retry {
+            head.extend_from_slice(&event::encode_retry(ms));
+        }
+        self.send(&head)?;
+
+        let ping = tick(settings.ping_interval);
+        let mut pending: Vec<Arc<Event>> = Vec::new();
+        match source {
+            Source::Demo { first_id, every } => {
+                let ticker = every.map_or_else(never, tick);
+                let mut next_id = *first_id;
+                self.send_demo_event(next_id)?;
+                loop {
+                    select! {
+                        recv(ticker) -> _ => {
+                            next_id += 1;
+                            self.send_demo_event(next_id)?;
+                        }
+                        recv(ping) -> _ => self.send_ping()?,
+                        recv(shutdown_rx) -> _ => return Ok(CloseReason::Shutdown),
+                    }
+                }
+            }
+            Source::Channels(subscription) => loop {
+                // Replay (or nothing) first, then whatever wakes us.
+                if let Err(Lagged) = subscription.drain(&mut pending) {
+                    return Ok(CloseReason::Slow);
+                }
+                self.send_events(&pending)?;
+                pending.clear();
+                select! {
+                    recv(subscription.wake_rx()) -> _ => {}
+                    recv(ping) -> _ => self.send_ping()?,
+                    recv(shutdown_rx) -> _ => {
+                        // Deliver everything accepted before the stop.
+                        if subscription.drain(&mut pending).is_ok() {
+                            self.send_events(&pending)?;
+                        }
+                        return Ok(CloseReason::Shutdown);
+                    }
+                }
+            },
+        }
+    }
+
+    fn send_demo_event(&mut self, id: u64) -> io::Result<()> {
+        let bytes = event::encode_event(Some(&id.to_string()), Some("new_message"), "message_content")
+            .expect("the demo event's fields are valid");
+        self.send(&bytes)?;
+        self.events_written += 1;
+        self.stats.count_delivered(1);
+        Ok(())
+    }
+
+    fn send_ping(&mut self) -> io::Result<()> {
+        self.send(&event::encode_comment(
+            &ping_text(time::OffsetDateTime::now_utc()),
+        ))
+    }
+}
+
+/// How long ago `since` was, for logs: `12.345s`.
+pub fn elapsed_text(since: Instant) -> String {
+    format!("{:.3}s", since.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_has_the_stream_headers() {
+        let head = String::from_utf8(response_head(false, None)).unwrap();
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+             Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
+        );
+        let head = String::from_utf8(response_head(true, Some("https://a.example"))).unwrap();
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"));
+        assert!(head.contains("Access-Control-Allow-Origin: https://a.example\r\n"));
+    }
+
+    #[test]
+    fn ping_text_format() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_796_012_468_123_456_789).unwrap();
+        assert_eq!(ping_text(t), "ping - 2026-11-30 04:21:08.123456");
+    }
+}
