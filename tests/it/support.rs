@@ -1,0 +1,473 @@
+//! What the integration tests share: the real `tinysse` binary started on a
+//! free port, an SSE client and a plain HTTP client over real TCP, and
+//! waiting for a condition with a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A `tinysse` process started for one test, killed when dropped.
+pub struct TestServer {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
+    args: Vec<String>,
+}
+
+impl TestServer {
+    /// Starts the binary on `127.0.0.1:0` with `args` and waits until it
+    /// listens.
+    pub fn start(args: &[&str]) -> TestServer {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`TestServer::start`], with environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let mut full: Vec<String> = vec!["--host".into(), "127.0.0.1".into(), "--port".into(), "0".into()];
+        if !args.contains(&"--log") {
+            full.extend(["--log".into(), "debug".into()]);
+        }
+        full.extend(args.iter().map(|s| s.to_string()));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tinysse"));
+        command
+            .args(&full)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start the tinysse binary");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("tinysse listening on http://") {
+                    let _ = addr_tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().expect("a socket address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "tinysse {:?} did not print its address; logs:\n{}",
+                    full,
+                    logs.lock().unwrap()
+                );
+            }
+        };
+        TestServer {
+            child,
+            addr,
+            logs,
+            args: full,
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Its thread count, from `/proc/<pid>/status`.
+    pub fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a Threads: line")
+    }
+
+    /// Its open file descriptors, from `/proc/<pid>/fd`.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read fd dir")
+            .count()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `KILL`) to it.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for it to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The arguments it was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it
+/// held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A whole HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The head, status line and headers.
+    pub head: String,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        header_in(&self.head, name)
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+fn header_in(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// Sends one request with `Connection: close` and reads the whole answer.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send head");
+    stream.write_all(body).expect("send body");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the response");
+    parse_response(&raw)
+}
+
+/// Parses raw response bytes (a head, a blank line, a body).
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    HttpResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// `GET path`.
+pub fn get(addr: SocketAddr, path: &str) -> HttpResponse {
+    http(addr, "GET", path, &[], b"")
+}
+
+/// Publishes `data` to `channel` in the raw form; asserts `200` and returns
+/// the event id.
+pub fn publish(addr: SocketAddr, channel: &str, data: &str) -> u64 {
+    let response = http(
+        addr,
+        "POST",
+        &format!("/publish?channel={channel}"),
+        &[],
+        data.as_bytes(),
+    );
+    assert_eq!(response.status, 200, "publish failed: {response:?}");
+    response.json()["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {:?}", response.body))
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    /// `id:`, if the event had one.
+    pub id: Option<String>,
+    /// `event:`, if the event had one.
+    pub event: Option<String>,
+    /// The data lines joined with LF.
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The id as a number.
+    pub fn id_number(&self) -> u64 {
+        self.id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric id: {self:?}"))
+    }
+}
+
+/// An SSE stream read over a raw TCP connection.
+pub struct SseClient {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    /// The response head.
+    pub head: String,
+    /// Everything read after the head, byte for byte.
+    pub received: Vec<u8>,
+}
+
+impl SseClient {
+    /// Sends `GET path` with `headers` (HTTP/1.1) and reads the head.
+    pub fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        Self::connect_version(addr, path, headers, "HTTP/1.1")
+    }
+
+    /// Like [`SseClient::connect`] with another HTTP version.
+    pub fn connect_version(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        version: &str,
+    ) -> SseClient {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        let mut request = format!("GET {path} {version}\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).expect("send request");
+        let mut client = SseClient {
+            stream,
+            buffer: Vec::new(),
+            head: String::new(),
+            received: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(at) = find(&client.buffer, b"\r\n\r\n") {
+                client.head = String::from_utf8_lossy(&client.buffer[..at]).into_owned();
+                client.buffer.drain(..at + 4);
+                client.received = client.buffer.clone();
+                break;
+            }
+            assert!(
+                client.fill(deadline),
+                "no response head for {path}; got {:?}",
+                String::from_utf8_lossy(&client.buffer)
+            );
+        }
+        client
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A header of the response head.
+    pub fn header(&self, name: &str) -> Option<String> {
+        header_in(&self.head, name)
+    }
+
+    /// Reads more bytes; false on EOF, error or deadline.
+    fn fill(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        self.stream.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                if !self.head.is_empty() {
+                    self.received.extend_from_slice(&chunk[..n]);
+                }
+                true
+            }
+        }
+    }
+
+    /// The next block (event or comment, without its blank line), raw.
+    pub fn next_block(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = find(&self.buffer, b"\n\n") {
+                let block = String::from_utf8_lossy(&self.buffer[..at]).into_owned();
+                self.buffer.drain(..at + 2);
+                return Some(block);
+            }
+            if !self.fill(deadline) {
+                return None;
+            }
+        }
+    }
+
+    /// The next event, skipping comments and `retry:` blocks.
+    pub fn next_event(&mut self, timeout: Duration) -> Option<SseEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let block = self.next_block(deadline.saturating_duration_since(Instant::now()))?;
+            if let Some(event) = parse_event(&block) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// Collects `n` events or fails the test saying what came.
+    pub fn events(&mut self, n: usize, timeout: Duration) -> Vec<SseEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match self.next_event(deadline.saturating_duration_since(Instant::now())) {
+                Some(e) => got.push(e),
+                None => panic!("expected {n} events, got {}: {got:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// True once the server closed the connection (EOF) within `timeout`,
+    /// reading and keeping whatever comes first.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    self.buffer.extend_from_slice(&chunk[..n]);
+                    self.received.extend_from_slice(&chunk[..n]);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// The underlying socket.
+    pub fn socket(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+/// Parses one block into an event; `None` for a block with no data field
+/// (comments, `retry:` only).
+pub fn parse_event(block: &str) -> Option<SseEvent> {
+    let mut event = SseEvent::default();
+    let mut data: Vec<&str> = Vec::new();
+    for line in block.split('\n') {
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => event.id = Some(value.to_string()),
+            "event" => event.event = Some(value.to_string()),
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    if data.is_empty() {
+        return None;
+    }
+    event.data = data.join("\n");
+    Some(event)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
