@@ -409,6 +409,7 @@ fn publish_request(app: &App, request: &mut Request, query: &str) -> Result<serd
     let declared = request.body_length();
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
+    crate::fault::panic_if_requested(&event.channel);
     let published = app
         .broker
         .publish(&event.channel, event.event.as_deref(), &event.data)?;

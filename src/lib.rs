@@ -22,7 +22,8 @@
 //! - [`metrics`] and [`stats`]: counters and their exposition;
 //! - [`listener`]: the listening socket's options;
 //! - [`server`]: start and stop;
-//! - [`logger`]: log lines on stderr.
+//! - [`logger`]: log lines on stderr;
+//! - [`fault`]: fault injection for the tests (debug builds only).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -30,6 +31,7 @@
 pub mod broker;
 pub mod config;
 pub mod event;
+pub mod fault;
 pub mod http;
 pub mod listener;
 pub mod logger;

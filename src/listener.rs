@@ -29,10 +29,15 @@ use std::time::Duration;
 
 /// How long a connection may be silent while tiny_http waits for a request
 /// head (a new request, or the next one on a kept-alive connection).
-pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(1);
+pub const IDLE_READ_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// How often [`KeepAwake`] connects to the listener.
-const KEEP_AWAKE_EVERY: Duration = Duration::from_millis(400);
+/// How often [`KeepAwake`] connects to the listener: more often than the
+/// read timeout, so `accept()` never times out, but rarely enough that
+/// tiny_http's extra pool threads still end. The pool hands each connection
+/// to the longest-waiting idle thread and ends a thread idle for 5 s, so
+/// with a poke every 1.1 s every thread beyond its 4 permanent ones goes
+/// more than 5 s without work and ends: the thread count settles back.
+const KEEP_AWAKE_EVERY: Duration = Duration::from_millis(1100);
 
 /// Binds `host:port` and sets the options every accepted socket inherits.
 ///
@@ -58,7 +63,7 @@ pub fn connect_address(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-/// A thread that connects to the listener every 400 ms so that tiny_http's
+/// A thread that connects to the listener every 1.1 s so that tiny_http's
 /// `accept()` never runs into the inherited read timeout. Stops when dropped.
 #[derive(Debug)]
 pub struct KeepAwake {

@@ -170,25 +170,31 @@ impl Stream {
                     }
                 }
             }
-            Source::Channels(subscription) => loop {
-                // Replay (or nothing) first, then whatever wakes us.
-                if let Err(Lagged) = subscription.drain(&mut pending) {
-                    return Ok(CloseReason::Slow);
-                }
-                self.send_events(&pending)?;
-                pending.clear();
-                select! {
-                    recv(subscription.wake_rx()) -> _ => {}
-                    recv(ping) -> _ => self.send_ping()?,
-                    recv(shutdown_rx) -> _ => {
-                        // Deliver everything accepted before the stop.
-                        if subscription.drain(&mut pending).is_ok() {
-                            self.send_events(&pending)?;
+            Source::Channels(subscription) => {
+                subscription
+                    .channels()
+                    .iter()
+                    .for_each(|c| crate::fault::panic_if_requested(c));
+                loop {
+                    // Replay (or nothing) first, then whatever wakes us.
+                    if let Err(Lagged) = subscription.drain(&mut pending) {
+                        return Ok(CloseReason::Slow);
+                    }
+                    self.send_events(&pending)?;
+                    pending.clear();
+                    select! {
+                        recv(subscription.wake_rx()) -> _ => {}
+                        recv(ping) -> _ => self.send_ping()?,
+                        recv(shutdown_rx) -> _ => {
+                            // Deliver everything accepted before the stop.
+                            if subscription.drain(&mut pending).is_ok() {
+                                self.send_events(&pending)?;
+                            }
+                            return Ok(CloseReason::Shutdown);
                         }
-                        return Ok(CloseReason::Shutdown);
                     }
                 }
-            },
+            }
         }
     }
 
