@@ -332,3 +332,30 @@ fn connections_are_accepted_after_idle_periods_longer_than_the_read_timeout() {
     }
     assert!(!server.logs().contains("acceptor stopped"), "{}", server.logs());
 }
+
+#[test]
+fn requests_pipelined_behind_a_stream_do_not_stall_the_server() {
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    // A stream, then requests on the same connection: tiny_http cannot answer
+    // them before the stream ends, and nothing else may wait for that.
+    let pipelined = "GET /events?channel=pipe HTTP/1.1\r\nHost: x\r\n\r\n\
+                     GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
+                     POST /publish?channel=pipe HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx";
+    stream.write_all(pipelined.as_bytes()).unwrap();
+    wait_open_streams(&server, 1);
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(get(server.addr, "/health").status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let mut other = SseClient::connect(server.addr, "/events?channel=pipe", &[]);
+    wait_open_streams(&server, 2);
+    let id = publish(server.addr, "pipe", "after the pipeline");
+    let event = other.next_event(LONG).expect("the server still delivers");
+    assert_eq!(event.id_number(), id);
+}
