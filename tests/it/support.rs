@@ -497,12 +497,16 @@ impl SseClient {
     /// The next block (event or comment, without its blank line), raw.
     pub fn next_block(&mut self, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
+        // Only new bytes are searched: big events arrive in many reads.
+        let mut searched = 0;
         loop {
-            if let Some(at) = find(&self.buffer, b"\n\n") {
+            if let Some(at) = find(&self.buffer[searched..], b"\n\n") {
+                let at = searched + at;
                 let block = String::from_utf8_lossy(&self.buffer[..at]).into_owned();
                 self.buffer.drain(..at + 2);
                 return Some(block);
             }
+            searched = self.buffer.len().saturating_sub(1);
             if !self.fill(deadline) {
                 return None;
             }
