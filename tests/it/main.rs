@@ -1,6 +1,7 @@
 //! Integration tests: the real binary on an ephemeral port, real TCP.
 
 mod cors;
+mod logging;
 mod metrics;
 mod support;
 
