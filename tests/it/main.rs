@@ -1,5 +1,6 @@
 //! Integration tests: the real binary on an ephemeral port, real TCP.
 
+mod browser;
 mod cors;
 mod logging;
 mod metrics;
