@@ -84,7 +84,7 @@ impl Browser {
         let pipe = child.stderr.take().expect("piped stderr");
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
+                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
                 log.push_str(&line);
                 log.push('\n');
             }
@@ -113,7 +113,7 @@ impl Browser {
             Ok(answer) => answer,
             Err(e) => panic!(
                 "no answer from the driver to {command} within {timeout:?} ({e});\ndriver stderr:\n{}",
-                self.stderr.lock().unwrap()
+                self.driver_log()
             ),
         };
         let answer: Value = serde_json::from_str(&answer)
@@ -123,10 +123,15 @@ impl Browser {
                 "driver failed {command}: {}\npage showed: {:#}\ndriver stderr:\n{}",
                 answer["error"],
                 answer["page"],
-                self.stderr.lock().unwrap()
+                self.driver_log()
             );
         }
         answer
+    }
+
+    /// What the driver wrote on stderr so far (the page's console among it).
+    fn driver_log(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn wait_state(&mut self, state: &str, timeout: Duration) -> Value {

@@ -114,6 +114,7 @@ fn unix_now() -> f64 {
 
 /// Polls `/metrics` until `condition` holds; returns the last scrape or
 /// fails printing it.
+#[track_caller]
 fn scrape_until(addr: SocketAddr, what: &str, mut condition: impl FnMut(&Scrape) -> bool) -> Scrape {
     let mut last = None;
     let held = wait_until(Duration::from_secs(30), || {

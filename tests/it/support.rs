@@ -32,12 +32,29 @@ impl TestServer {
     }
 
     /// Starts the binary on `127.0.0.1:port` (a port a previous server of the
-    /// test used, say) with `args` and waits until it listens.
+    /// test used, say) with `args` and waits until it listens. While the
+    /// port is taken (a client socket of another test may have been given
+    /// it as its local port) it tries again, for up to 30 s.
     pub fn start_on_port(port: u16, args: &[&str]) -> TestServer {
-        Self::spawn(port, args, &[])
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Self::try_spawn(port, args, &[]) {
+                Ok(server) => return server,
+                Err(logs) if logs.contains("cannot listen") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(logs) => panic!("tinysse did not start on port {port}; logs:\n{logs}"),
+            }
+        }
     }
 
     fn spawn(port: u16, args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        Self::try_spawn(port, args, env)
+            .unwrap_or_else(|logs| panic!("tinysse {args:?} did not print its address; logs:\n{logs}"))
+    }
+
+    /// Starts the binary; on failure returns what it logged.
+    fn try_spawn(port: u16, args: &[&str], env: &[(&str, &str)]) -> Result<TestServer, String> {
         let mut full: Vec<String> = vec![
             "--host".into(),
             "127.0.0.1".into(),
@@ -81,19 +98,18 @@ impl TestServer {
             Ok(addr) => addr.parse().expect("a socket address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "tinysse {:?} did not print its address; logs:\n{}",
-                    full,
-                    logs.lock().unwrap()
-                );
+                let _ = child.wait();
+                // The stderr reader ends at the process's end; give it a moment.
+                wait_until(Duration::from_secs(2), || !logs.lock().unwrap().is_empty());
+                return Err(format!("{full:?}\n{}", logs.lock().unwrap()));
             }
         };
-        TestServer {
+        Ok(TestServer {
             child,
             addr,
             logs,
             args: full,
-        }
+        })
     }
 
     /// Its process id.
