@@ -236,3 +236,18 @@ fn no_cors_headers_without_the_option() {
         answer.body
     );
 }
+
+#[test]
+fn an_origin_with_a_path_is_refused_at_start() {
+    // Browsers send the origin without a path: this one would never match.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tinysse"))
+        .args(["--port", "0", "--cors-origin", "https://app.example/"])
+        .output()
+        .expect("run tinysse");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'https://app.example/'") && stderr.contains("--cors-origin"),
+        "{stderr}"
+    );
+}
