@@ -219,10 +219,18 @@ fn main() {
                 duplicated += 1;
                 continue;
             }
-            match (list.binary_search(&a), list.binary_search(&b)) {
-                (Ok(i), Ok(j)) => lost += (j - i - 1) as u64,
-                _ => lost += 1,
+            let missing = match (list.binary_search(&a), list.binary_search(&b)) {
+                (Ok(i), Ok(j)) => (j - i - 1) as u64,
+                _ => 1,
+            };
+            if missing > 0 && lost < 2000 {
+                eprintln!(
+                    "soak: lost {missing} between {a} and {b} on channel soak{} (chain of {} ids)",
+                    chain.channel,
+                    chain.ids.len()
+                );
             }
+            lost += missing;
         }
     }
     let published_total: usize = published.iter().map(Vec::len).sum();

@@ -320,7 +320,7 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
         "write-timeout" => config.write_timeout = positive_duration(value)?,
         "max-body" => config.max_body = parse_size(value)?,
         "publish-token" => config.publish_token = non_empty(value),
-        "cors-origin" => config.cors_origin = non_empty(value),
+        "cors-origin" => config.cors_origin = parse_origin(value)?,
         "retry" => config.retry = Some(value.parse().map_err(|_| "expected milliseconds, such as 3000")?),
         "log" => {
             config.log = value
@@ -340,6 +340,36 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
 
 fn non_empty(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
+}
+
+/// `*` or one browser origin, `scheme://host[:port]`, as browsers send it in
+/// `Origin`: the browser compares the answer's `Access-Control-Allow-Origin`
+/// with it byte for byte, so a path, a trailing slash or capitals would turn
+/// CORS off without a word, and a control character would break the stream
+/// head it is written into. Empty means none.
+fn parse_origin(value: &str) -> Result<Option<String>, String> {
+    const HINT: &str = "expected * or an origin such as https://app.example or \
+                        http://localhost:3000 (lowercase, no path, no trailing slash)";
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value == "*" {
+        return Ok(Some(value.to_string()));
+    }
+    let (scheme, host) = value.split_once("://").ok_or(HINT)?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:[]".contains(c));
+    if scheme_ok && host_ok {
+        Ok(Some(value.to_string()))
+    } else {
+        Err(HINT.into())
+    }
 }
 
 fn parse_count(value: &str, min: usize) -> Result<usize, String> {
@@ -472,6 +502,37 @@ mod tests {
         assert!(warn("127.0.0.1", None).is_none());
         assert!(warn("::1", None).is_none());
         assert!(warn("localhost", None).is_none());
+    }
+
+    #[test]
+    fn cors_origin_is_star_or_an_origin_as_browsers_send_it() {
+        let origin = |v: &str| run(&["--cors-origin", v], &[]).map(|c| c.cors_origin);
+        assert_eq!(origin("*"), Ok(Some("*".into())));
+        assert_eq!(
+            origin("https://app.example"),
+            Ok(Some("https://app.example".into()))
+        );
+        assert_eq!(
+            origin("http://localhost:3000"),
+            Ok(Some("http://localhost:3000".into()))
+        );
+        assert_eq!(origin("http://[::1]:8080"), Ok(Some("http://[::1]:8080".into())));
+        assert_eq!(origin(""), Ok(None));
+        for bad in [
+            "https://app.example/",
+            "https://app.example/path",
+            "https://App.example",
+            "app.example",
+            "https://",
+            "https://a.example\r",
+            "https://a.example, https://b.example",
+        ] {
+            let err = origin(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("--cors-origin") && err.contains("no trailing slash"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

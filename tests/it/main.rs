@@ -1,7 +1,11 @@
 //! Integration tests: the real binary on an ephemeral port, real TCP.
 
-mod hardening;
 mod support;
 
+mod browser;
 mod channels;
 mod core;
+mod cors;
+mod hardening;
+mod logging;
+mod metrics;

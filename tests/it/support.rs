@@ -28,7 +28,39 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> TestServer {
-        let mut full: Vec<String> = vec!["--host".into(), "127.0.0.1".into(), "--port".into(), "0".into()];
+        Self::spawn(0, args, env)
+    }
+
+    /// Starts the binary on `127.0.0.1:port` (a port a previous server of the
+    /// test used, say) with `args` and waits until it listens. While the
+    /// port is taken (a client socket of another test may have been given
+    /// it as its local port) it tries again, for up to 30 s.
+    pub fn start_on_port(port: u16, args: &[&str]) -> TestServer {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Self::try_spawn(port, args, &[]) {
+                Ok(server) => return server,
+                Err(logs) if logs.contains("cannot listen") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(logs) => panic!("tinysse did not start on port {port}; logs:\n{logs}"),
+            }
+        }
+    }
+
+    fn spawn(port: u16, args: &[&str], env: &[(&str, &str)]) -> TestServer {
+        Self::try_spawn(port, args, env)
+            .unwrap_or_else(|logs| panic!("tinysse {args:?} did not print its address; logs:\n{logs}"))
+    }
+
+    /// Starts the binary; on failure returns what it logged.
+    fn try_spawn(port: u16, args: &[&str], env: &[(&str, &str)]) -> Result<TestServer, String> {
+        let mut full: Vec<String> = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+        ];
         if !args.contains(&"--log") {
             full.extend(["--log".into(), "debug".into()]);
         }
@@ -66,19 +98,18 @@ impl TestServer {
             Ok(addr) => addr.parse().expect("a socket address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "tinysse {:?} did not print its address; logs:\n{}",
-                    full,
-                    logs.lock().unwrap()
-                );
+                let _ = child.wait();
+                // The stderr reader ends at the process's end; give it a moment.
+                wait_until(Duration::from_secs(2), || !logs.lock().unwrap().is_empty());
+                return Err(format!("{full:?}\n{}", logs.lock().unwrap()));
             }
         };
-        TestServer {
+        Ok(TestServer {
             child,
             addr,
             logs,
             args: full,
-        }
+        })
     }
 
     /// Its process id.
@@ -152,6 +183,52 @@ impl TestServer {
         }
     }
 
+    /// Sends SIGTERM and waits for a clean exit; fails the test with the
+    /// logs otherwise.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "tinysse did not exit cleanly after SIGTERM ({status:?}); logs:\n{}",
+            self.logs()
+        );
+    }
+
+    /// True when one of its stream threads (named `sse-...`) is asleep in a
+    /// socket write: the client stopped reading and the socket buffers are
+    /// full. Read from `/proc/<pid>/task/<tid>/{comm,stat,syscall}` (Linux).
+    pub fn stream_blocked_in_write(&self) -> bool {
+        self.stream_tasks().iter().any(|dir| {
+            let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let stat = read("stat");
+            let sleeping = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('S'));
+            let syscall = read("syscall");
+            let number = syscall
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok());
+            sleeping && number.is_some_and(|n| WRITE_SYSCALLS.contains(&n))
+        })
+    }
+
+    /// Its stream threads (named `sse-...`) now, as `/proc` task folders.
+    pub fn stream_tasks(&self) -> Vec<std::path::PathBuf> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(Result::ok)
+            .map(|task| task.path())
+            .filter(|dir| {
+                std::fs::read_to_string(dir.join("comm")).is_ok_and(|comm| comm.starts_with("sse-"))
+            })
+            .collect()
+    }
+
     /// The arguments it was started with.
     pub fn args(&self) -> &[String] {
         &self.args
@@ -164,6 +241,14 @@ impl Drop for TestServer {
         let _ = self.child.wait();
     }
 }
+
+/// Syscall numbers of `write`, `writev`, `sendto` and `sendmsg`.
+#[cfg(target_arch = "x86_64")]
+const WRITE_SYSCALLS: [u64; 4] = [1, 20, 44, 46];
+#[cfg(target_arch = "aarch64")]
+const WRITE_SYSCALLS: [u64; 4] = [64, 66, 206, 211];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const WRITE_SYSCALLS: [u64; 0] = [];
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it
 /// held.

@@ -1,0 +1,253 @@
+//! CORS with `--cors-origin`: the allow-origin header on streams and on
+//! every JSON answer, the `OPTIONS /publish` preflight, and nothing of it
+//! without the option.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::support::*;
+
+const ORIGIN: &str = "https://app.example";
+
+/// Every `Access-Control-*` header line of a response head.
+fn cors_headers(head: &str) -> Vec<String> {
+    head.lines()
+        .skip(1)
+        .filter(|l| l.to_ascii_lowercase().starts_with("access-control-"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Comma-separated header values, trimmed and lowercased.
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(|v| v.trim().to_ascii_lowercase()).collect()
+}
+
+fn preflight(addr: SocketAddr, request_headers: &str) -> HttpResponse {
+    http(
+        addr,
+        "OPTIONS",
+        "/publish?channel=news",
+        &[
+            ("Origin", ORIGIN),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", request_headers),
+        ],
+        b"",
+    )
+}
+
+#[test]
+fn origin_is_allowed_on_streams_and_json_answers() {
+    let server = TestServer::start(&["--cors-origin", ORIGIN]);
+    let addr = server.addr;
+    let origin = [("Origin", ORIGIN)];
+
+    let mut events = SseClient::connect(addr, "/events?channel=news", &origin);
+    assert_eq!(events.status(), 200, "{}", events.head);
+    assert_eq!(
+        events.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        events.head
+    );
+    assert_eq!(
+        events.header("Vary").as_deref(),
+        Some("Origin"),
+        "{}",
+        events.head
+    );
+    let demo = SseClient::connect(addr, "/", &origin);
+    assert_eq!(
+        demo.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        demo.head
+    );
+
+    let published = http(addr, "POST", "/publish?channel=news", &origin, b"hi");
+    assert_eq!(published.status, 200, "{published:?}");
+    assert_eq!(
+        published.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        published.head
+    );
+    // The stream still works as usual.
+    assert_eq!(events.events(1, Duration::from_secs(10))[0].data, "hi");
+
+    // Errors too, so that browser code can read what went wrong.
+    let refused = http(addr, "POST", "/publish?channel=bad%20name", &origin, b"hi");
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert_eq!(
+        refused.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        refused.head
+    );
+    let health = http(addr, "GET", "/health", &origin, b"");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(
+        health.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        health.head
+    );
+}
+
+#[test]
+fn preflight_allows_post_with_authorization_and_content_type() {
+    let server = TestServer::start(&["--cors-origin", ORIGIN, "--publish-token", "s3cret"]);
+    let addr = server.addr;
+
+    // A preflight never carries credentials: it is answered without the token.
+    let answer = preflight(addr, "authorization,content-type");
+    assert_eq!(answer.status, 204, "{answer:?}");
+    assert_eq!(answer.body, "", "{answer:?}");
+    assert_eq!(
+        answer.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        answer.head
+    );
+    let methods = list(&answer.header("Access-Control-Allow-Methods").unwrap_or_default());
+    assert!(methods.contains(&"post".to_string()), "{}", answer.head);
+    let headers = list(&answer.header("Access-Control-Allow-Headers").unwrap_or_default());
+    for needed in ["authorization", "content-type"] {
+        assert!(
+            headers.contains(&needed.to_string()),
+            "{needed} missing:\n{}",
+            answer.head
+        );
+    }
+    if let Some(max_age) = answer.header("Access-Control-Max-Age") {
+        assert!(max_age.parse::<u64>().is_ok(), "{}", answer.head);
+    }
+
+    // The request the preflight was for, then one without the token: both
+    // answers carry the origin.
+    let json = http(
+        addr,
+        "POST",
+        "/publish",
+        &[
+            ("Origin", ORIGIN),
+            ("Authorization", "Bearer s3cret"),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"channel": "news", "data": {"n": 1}}"#,
+    );
+    assert_eq!(json.status, 200, "{json:?}");
+    assert_eq!(
+        json.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        json.head
+    );
+    let unauthorized = http(addr, "POST", "/publish?channel=news", &[("Origin", ORIGIN)], b"x");
+    assert_eq!(unauthorized.status, 401, "{unauthorized:?}");
+    assert_eq!(
+        unauthorized.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        unauthorized.head
+    );
+}
+
+#[test]
+fn any_origin_with_a_star() {
+    let server = TestServer::start(&["--cors-origin", "*"]);
+    let addr = server.addr;
+    let stream = SseClient::connect(addr, "/events", &[("Origin", ORIGIN)]);
+    assert_eq!(
+        stream.header("Access-Control-Allow-Origin").as_deref(),
+        Some("*"),
+        "{}",
+        stream.head
+    );
+    // The same answer for every origin: nothing to vary on.
+    assert_eq!(stream.header("Vary"), None, "{}", stream.head);
+    let published = http(addr, "POST", "/publish", &[("Origin", ORIGIN)], b"x");
+    assert_eq!(
+        published.header("Access-Control-Allow-Origin").as_deref(),
+        Some("*"),
+        "{}",
+        published.head
+    );
+    let answer = preflight(addr, "content-type");
+    assert_eq!(answer.status, 204, "{answer:?}");
+    assert_eq!(
+        answer.header("Access-Control-Allow-Origin").as_deref(),
+        Some("*"),
+        "{}",
+        answer.head
+    );
+}
+
+#[test]
+fn no_cors_headers_without_the_option() {
+    let server = TestServer::start(&[]);
+    let addr = server.addr;
+    let origin = [("Origin", ORIGIN)];
+
+    let stream = SseClient::connect(addr, "/events?channel=news", &origin);
+    assert_eq!(stream.status(), 200, "{}", stream.head);
+    assert_eq!(
+        cors_headers(&stream.head),
+        Vec::<String>::new(),
+        "{}",
+        stream.head
+    );
+    let demo = SseClient::connect(addr, "/", &origin);
+    assert_eq!(cors_headers(&demo.head), Vec::<String>::new(), "{}", demo.head);
+    for response in [
+        http(addr, "POST", "/publish?channel=news", &origin, b"hi"),
+        http(addr, "POST", "/publish?channel=bad%20name", &origin, b"hi"),
+        http(addr, "GET", "/health", &origin, b""),
+        http(addr, "GET", "/metrics", &origin, b""),
+    ] {
+        assert_eq!(
+            cors_headers(&response.head),
+            Vec::<String>::new(),
+            "{}",
+            response.head
+        );
+    }
+
+    // No preflight either: the browser then refuses the cross-origin publish.
+    let answer = preflight(addr, "content-type");
+    assert_eq!(answer.status, 405, "{answer:?}");
+    assert_eq!(
+        cors_headers(&answer.head),
+        Vec::<String>::new(),
+        "{}",
+        answer.head
+    );
+    assert!(
+        answer.header("Allow").is_some_and(|a| a.contains("POST")),
+        "{}",
+        answer.head
+    );
+    assert!(
+        answer.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--cors-origin")),
+        "{}",
+        answer.body
+    );
+}
+
+#[test]
+fn an_origin_with_a_path_is_refused_at_start() {
+    // Browsers send the origin without a path: this one would never match.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tinysse"))
+        .args(["--port", "0", "--cors-origin", "https://app.example/"])
+        .output()
+        .expect("run tinysse");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'https://app.example/'") && stderr.contains("--cors-origin"),
+        "{stderr}"
+    );
+}
