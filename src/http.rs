@@ -17,6 +17,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::broker::{BrokerError, EventId};
 use crate::publish::{self, PublishError};
+use crate::redis_bus::BusError;
 use crate::server::App;
 use crate::stats::CloseReason;
 use crate::stream::{self, Source, Stream};
@@ -72,6 +73,16 @@ impl From<PublishError> for ApiError {
             _ => 400,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::Broker(e) => e.into(),
+            e => ApiError::new(503, format!("{e}; the event was not stored, retry later"))
+                .with_header("Retry-After", "1"),
+        }
     }
 }
 
@@ -166,7 +177,8 @@ fn handle(app: &Arc<App>, request: Request) {
         Route::DemoStream => open_stream(app, request, query, true),
         Route::Events => open_stream(app, request, query, false),
         Route::Publish => {
-            let small = matches!(request.body_length(), Some(n) if n <= EAGER_BODY);
+            // A publish through Redis waits for it: never on the dispatch loop.
+            let small = app.redis.is_none() && matches!(request.body_length(), Some(n) if n <= EAGER_BODY);
             if small {
                 handle_publish(app, request, query);
             } else {
@@ -193,12 +205,19 @@ fn handle(app: &Arc<App>, request: Request) {
             ),
         },
         Route::Health => {
-            let body = json!({
+            let mut body = json!({
                 "status": if app.is_stopping() { "stopping" } else { "ok" },
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_seconds": app.stats.uptime_seconds(),
                 "open_streams": app.stats.open_streams(),
             });
+            if let Some(bus) = &app.redis {
+                body["redis"] = json!(if bus.is_connected() {
+                    "connected"
+                } else {
+                    "disconnected"
+                });
+            }
             respond_json(app, request, 200, &body);
         }
         Route::Metrics => {
@@ -283,6 +302,9 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
             .filter(|(k, _)| k == "channel")
             .map(|(_, v)| v.into_owned())
             .collect();
+        if let (Some(bus), Some(after)) = (&app.redis, last_id) {
+            bus.backfill(&names, after);
+        }
         match app.broker.subscribe(&names, last_id) {
             Ok(subscription) => {
                 let channels = subscription.channels().join(",");
@@ -409,9 +431,12 @@ fn publish_request(app: &App, request: &mut Request, query: &str) -> Result<serd
     let declared = request.body_length();
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
-    let published = app
-        .broker
-        .publish(&event.channel, event.event.as_deref(), &event.data)?;
+    let published = match &app.redis {
+        Some(bus) => bus.publish(&event.channel, event.event.as_deref(), &event.data)?,
+        None => app
+            .broker
+            .publish(&event.channel, event.event.as_deref(), &event.data)?,
+    };
     app.stats.count_published();
     log::debug!(
         "published id={} channel={} subscribers={}",
