@@ -2,6 +2,8 @@
 
 mod support;
 
+mod redis;
+
 mod smoke {
     use super::support::*;
     use std::time::Duration;
