@@ -61,10 +61,20 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        let up = wait_until(Duration::from_secs(10), || {
-            self.try_command(&["PING"])
-                .is_some_and(|r| r.starts_with("+PONG"))
+        // Ours answers PING; if it exited (the port was taken), whatever
+        // answers is not ours.
+        let mut exited = false;
+        let answered = wait_until(Duration::from_secs(10), || {
+            exited = self
+                .child
+                .as_mut()
+                .map_or(true, |c| !matches!(c.try_wait(), Ok(None)));
+            exited
+                || self
+                    .try_command(&["PING"])
+                    .is_some_and(|r| r.starts_with("+PONG"))
         });
+        let up = answered && !exited;
         if !up {
             self.kill();
         }
