@@ -605,12 +605,20 @@ impl Broker {
 
     /// Raises the newest id to `id` without an event: the shared log is
     /// known to be at `id`, and older events this broker lacks are back-filled
-    /// on demand. Never lowers it.
+    /// on demand. Never lowers it. Subscribers are woken, so that their
+    /// cursors move up to `id` at once and a later back-fill of older events
+    /// cannot reach them as new ones.
     pub fn advance(&self, id: EventId) {
         let mut registry = lock(&self.registry);
-        if id > registry.last_id {
-            registry.last_id = id;
-            self.committed.store(id, Ordering::Release);
+        if id <= registry.last_id {
+            return;
+        }
+        registry.last_id = id;
+        self.committed.store(id, Ordering::Release);
+        for channel in registry.channels.values() {
+            for subscriber in &lock(&channel.state).subscribers {
+                subscriber.wake();
+            }
         }
     }
 
@@ -992,6 +1000,22 @@ mod shared_log_tests {
         assert_eq!(sub.cursor(), 500);
         b.append("c", 501, None, "new").unwrap();
         assert_eq!(drain_ids(&mut sub), vec![501]);
+    }
+
+    #[test]
+    fn advance_wakes_earlier_subscribers_past_older_events() {
+        let b = broker(10, 10);
+        let mut early = b.subscribe(&["c".to_string()], None).unwrap();
+        assert_eq!(early.cursor(), 0);
+        b.advance(500);
+        early
+            .wake_rx()
+            .recv_timeout(Duration::from_secs(5))
+            .expect("woken by advance");
+        assert!(drain_ids(&mut early).is_empty());
+        assert_eq!(early.cursor(), 500);
+        b.backfill("c", &[logged(400, "old")]).unwrap();
+        assert!(drain_ids(&mut early).is_empty(), "an old event is not news");
     }
 
     #[test]

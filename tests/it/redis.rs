@@ -448,3 +448,35 @@ fn a_node_away_while_the_feed_was_trimmed_catches_up_from_the_channel() {
     assert_eq!(ids(&got), missed, "A's logs:\n{}", a.logs());
     assert!(a.logs().contains("caught up 4 events"), "{}", a.logs());
 }
+
+#[test]
+fn a_node_started_before_redis_serves_and_connects_later() {
+    let Some(mut redis) = RedisServer::start_or_skip("a_node_started_before_redis_serves_and_connects_later")
+    else {
+        return;
+    };
+    redis.kill();
+    let url = redis.url();
+    let a = TestServer::start(&["--redis", &url, "--tick-interval", "0"]);
+    assert_eq!(redis_state(a.addr), "disconnected");
+    assert_eq!(try_publish(a.addr, "late", "too early").status, 503);
+    let mut client = SseClient::connect(a.addr, "/events?channel=late", &[]);
+    assert_eq!(
+        client.status(),
+        200,
+        "streams open without redis: {}",
+        client.head
+    );
+
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || redis_state(a.addr) == "connected"),
+        "never connected; logs:\n{}",
+        a.logs()
+    );
+    let id = publish(a.addr, "late", "now");
+    assert_eq!(
+        client.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(id)
+    );
+}
