@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod publish;
 pub mod redis_bus;
 mod redis_reader;
+mod redis_reply;
 pub mod server;
 pub mod stats;
 pub mod stream;

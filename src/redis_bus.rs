@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use redis::Value;
 
-use crate::broker::{self, Broker, BrokerError, EventId, LoggedEvent, Published};
+use crate::broker::{self, Broker, BrokerError, EventId, Published};
 use crate::event;
+use crate::redis_reply::parse_entries;
 
 /// Key of the newest id assigned.
 pub const LAST_ID_KEY: &str = "tinysse:last-id";
@@ -196,8 +197,9 @@ impl Shared {
     }
 
     /// Runs `job` on a pooled connection (opening one if none is idle). A
-    /// connection that failed is dropped, and the idle ones with it: they
-    /// most likely broke the same way.
+    /// connection that failed (not an error reply from Redis, after which it
+    /// is still in step) is dropped, and the idle ones with it: they most
+    /// likely broke the same way.
     fn with_connection<T>(
         &self,
         job: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
@@ -210,19 +212,20 @@ impl Shared {
             Some(con) => con,
             None => self.connect(COMMAND_TIMEOUT).map_err(|e| self.unavailable(e))?,
         };
-        match job(&mut con) {
-            Ok(value) => {
-                let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-                if pool.len() < POOL_SIZE {
-                    pool.push(con);
-                }
-                Ok(value)
+        let outcome = job(&mut con);
+        let in_step = match &outcome {
+            Ok(_) => true,
+            Err(e) => e.code().is_some(),
+        };
+        if in_step {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < POOL_SIZE {
+                pool.push(con);
             }
-            Err(e) => {
-                self.drop_idle_connections();
-                Err(self.unavailable(e))
-            }
+        } else {
+            self.drop_idle_connections();
         }
+        outcome.map_err(|e| self.unavailable(e))
     }
 }
 
@@ -253,7 +256,7 @@ impl RedisBus {
     /// [`BusError::Unavailable`] when the reader thread cannot be started.
     pub fn start(url: &str, broker: Arc<Broker>, wait: Duration) -> Result<RedisBus, BusError> {
         let client = redis::Client::open(url).map_err(|e| BusError::Url {
-            url: url.to_string(),
+            url: without_password(url),
             reason: e.to_string(),
         })?;
         let info = client.get_connection_info();
@@ -432,148 +435,22 @@ impl RedisBus {
     }
 }
 
-/// A stream entry that could not be read as a tinysse event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryError(String);
-
-impl fmt::Display for EntryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unexpected stream entry: {}", self.0)
-    }
-}
-
-impl std::error::Error for EntryError {}
-
-/// One entry of the feed or a channel stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// Its channel.
-    pub channel: String,
-    /// The event, with the id taken from the entry id `<id>-0`.
-    pub event: LoggedEvent,
-}
-
-/// Reads an `XRANGE` / `XREVRANGE` reply (or one stream of an `XREAD`
-/// reply): `[[id, [field, value, ...]], ...]`.
-///
-/// # Errors
-/// [`EntryError`] for a reply of another shape, an id that is not
-/// `<integer>-<integer>` or an entry without `channel` or `data`.
-pub fn parse_entries(reply: &Value) -> Result<Vec<Entry>, EntryError> {
-    let items = match reply {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Array(items) => items,
-        other => return Err(EntryError(format!("{other:?}"))),
+/// `url` with whatever stands between `://` and `@` (user and password)
+/// replaced by `***`, for messages.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
     };
-    items.iter().map(parse_entry).collect()
-}
-
-pub(crate) fn parse_entry(item: &Value) -> Result<Entry, EntryError> {
-    let Value::Array(parts) = item else {
-        return Err(EntryError(format!("{item:?}")));
-    };
-    let [id, Value::Array(fields)] = parts.as_slice() else {
-        return Err(EntryError(format!("{item:?}")));
-    };
-    let id = text(id).ok_or_else(|| EntryError(format!("{id:?}")))?;
-    let number = parse_entry_id(&id).ok_or_else(|| EntryError(format!("id '{id}'")))?;
-    let mut channel = None;
-    let mut event = None;
-    let mut data = None;
-    for pair in fields.chunks(2) {
-        let [name, value] = pair else {
-            return Err(EntryError(format!("odd field list in {id}")));
-        };
-        let value = text(value).ok_or_else(|| EntryError(format!("field value in {id}")))?;
-        match text(name).as_deref() {
-            Some("channel") => channel = Some(value),
-            Some("event") => event = Some(value),
-            Some("data") => data = Some(value),
-            _ => {}
-        }
-    }
-    match (channel, data) {
-        (Some(channel), Some(data)) => Ok(Entry {
-            channel,
-            event: LoggedEvent {
-                id: number,
-                event,
-                data,
-            },
-        }),
-        _ => Err(EntryError(format!("{id} lacks channel or data"))),
-    }
-}
-
-/// The tinysse id of a stream entry id: `<id>-<seq>` gives `id`.
-pub fn parse_entry_id(id: &str) -> Option<EventId> {
-    let (ms, seq) = id.split_once('-')?;
-    seq.parse::<u64>().ok()?;
-    ms.parse().ok()
-}
-
-/// The text of a bulk or simple string reply.
-pub(crate) fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    fn entry(id: &str, fields: &[&str]) -> Value {
-        Value::Array(vec![
-            bulk(id),
-            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
-        ])
-    }
-
-    #[test]
-    fn entry_ids_are_the_integer_before_the_dash() {
-        assert_eq!(parse_entry_id("1796012468123456-0"), Some(1_796_012_468_123_456));
-        assert_eq!(parse_entry_id("5-3"), Some(5));
-        assert_eq!(parse_entry_id("5"), None);
-        assert_eq!(parse_entry_id("x-0"), None);
-        assert_eq!(parse_entry_id("5-x"), None);
-    }
-
-    #[test]
-    fn parses_entries_with_and_without_event_name() {
-        let reply = Value::Array(vec![
-            entry("10-0", &["channel", "news", "data", "a\nb", "event", "up"]),
-            entry("12-0", &["channel", "other", "data", ""]),
-        ]);
-        let entries = parse_entries(&reply).unwrap();
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].channel, "news");
-        assert_eq!(
-            entries[0].event,
-            LoggedEvent {
-                id: 10,
-                event: Some("up".into()),
-                data: "a\nb".into()
-            }
-        );
-        assert_eq!(entries[1].event.event, None);
-        assert_eq!(parse_entries(&Value::Nil).unwrap(), Vec::new());
-    }
-
-    #[test]
-    fn refuses_foreign_entries() {
-        assert!(parse_entries(&Value::Array(vec![entry("10-0", &["data", "x"])])).is_err());
-        assert!(parse_entries(&Value::Array(vec![entry("abc", &["channel", "c", "data", "x"])])).is_err());
-        assert!(parse_entries(&Value::Array(vec![entry("1-0", &["channel", "c", "data"])])).is_err());
-        assert!(parse_entries(&Value::Int(3)).is_err());
-    }
 
     #[test]
     fn errors_say_what_to_do() {
@@ -596,5 +473,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("invalid --redis URL 'http://x'"), "{e}");
+    }
+
+    #[test]
+    fn messages_leave_passwords_out() {
+        assert_eq!(without_password("redis://:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(without_password("redis://u:p@h/0?x=a@b"), "redis://***@h/0?x=a@b");
+        assert_eq!(without_password("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(without_password("nonsense"), "nonsense");
     }
 }

@@ -13,14 +13,14 @@
 //!
 //! [`Broker::advance`]: crate::broker::Broker::advance
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use redis::Value;
 
 use crate::broker::EventId;
-use crate::redis_bus::{self, channel_key, parse_entry_id, Entry, Shared, FEED_KEY, FEED_LEN, LAST_ID_KEY};
+use crate::redis_bus::{channel_key, Shared, FEED_KEY, FEED_LEN, LAST_ID_KEY};
+use crate::redis_reply::{self, entry_id_text, feed_items, info_fields, parse_entry_id, Entry};
 
 /// How long one `XREAD` blocks waiting for entries; also how long stopping
 /// may wait for the reader.
@@ -168,15 +168,15 @@ fn session(
             .arg(FEED_KEY)
             .arg(&at.entry)
             .query(con)?;
-        let items = feed_items(&reply)?;
+        let items = feed_items(&reply).map_err(|e| protocol_error(e.to_string()))?;
         if items.is_empty() {
             continue;
         }
         for item in items {
             let Some(entry_id) = entry_id_text(item) else {
-                return Err(protocol_error("a feed entry without an id"));
+                return Err(protocol_error("a feed entry without an id".into()));
             };
-            match redis_bus::parse_entry(item) {
+            match redis_reply::parse_entry(item) {
                 Ok(entry) => {
                     at.applied = entry.event.id;
                     apply(shared, &entry);
@@ -205,45 +205,8 @@ fn apply(shared: &Shared, entry: &Entry) {
     }
 }
 
-fn protocol_error(what: &'static str) -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::TypeError,
-        "unexpected reply from redis",
-        what.to_string(),
-    ))
-}
-
-/// The entries of an `XREAD` reply on the feed alone (nil after a block
-/// without news).
-fn feed_items(reply: &Value) -> redis::RedisResult<&[Value]> {
-    let streams = match reply {
-        Value::Nil => return Ok(&[]),
-        Value::Array(streams) => streams.as_slice(),
-        Value::Map(pairs) => {
-            return match pairs.first() {
-                Some((_, Value::Array(items))) => Ok(items),
-                None => Ok(&[]),
-                Some(_) => Err(protocol_error("an XREAD reply of another shape")),
-            }
-        }
-        _ => return Err(protocol_error("an XREAD reply of another shape")),
-    };
-    match streams.first() {
-        None => Ok(&[]),
-        Some(Value::Array(stream)) => match stream.as_slice() {
-            [_, Value::Array(items)] => Ok(items),
-            _ => Err(protocol_error("an XREAD reply of another shape")),
-        },
-        Some(_) => Err(protocol_error("an XREAD reply of another shape")),
-    }
-}
-
-/// The stream id of an entry `[id, fields]`.
-fn entry_id_text(item: &Value) -> Option<String> {
-    match item {
-        Value::Array(parts) => parts.first().and_then(redis_bus::text),
-        _ => None,
-    }
+fn protocol_error(what: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply from redis", what))
 }
 
 /// After a reconnection: if the feed dropped entries after `applied` (it
@@ -260,7 +223,7 @@ fn catch_up(shared: &Shared, con: &mut redis::Connection, applied: EventId) -> r
     let number = |name: &str| {
         fields
             .get(name)
-            .and_then(|v| redis_bus::text(v))
+            .and_then(|v| redis_reply::text(v))
             .and_then(|t| t.parse::<u64>().ok())
     };
     let first = fields
@@ -294,7 +257,7 @@ fn catch_up(shared: &Shared, con: &mut redis::Connection, applied: EventId) -> r
     let replies: Vec<Value> = pipe.query(con)?;
     let mut missed: Vec<Entry> = Vec::new();
     for (name, reply) in channels.iter().zip(&replies) {
-        match redis_bus::parse_entries(reply) {
+        match redis_reply::parse_entries(reply) {
             Ok(entries) => missed.extend(entries),
             Err(e) => log::warn!("cannot catch up channel {name}: {e}"),
         }
@@ -308,80 +271,14 @@ fn catch_up(shared: &Shared, con: &mut redis::Connection, applied: EventId) -> r
     Ok(())
 }
 
-/// The name/value pairs of an `XINFO STREAM` reply (RESP2 flat list or
-/// RESP3 map).
-fn info_fields(info: &Value) -> HashMap<String, &Value> {
-    let mut fields = HashMap::new();
-    match info {
-        Value::Array(items) => {
-            for pair in items.chunks(2) {
-                if let [name, value] = pair {
-                    if let Some(name) = redis_bus::text(name) {
-                        fields.insert(name, value);
-                    }
-                }
-            }
-        }
-        Value::Map(pairs) => {
-            for (name, value) in pairs {
-                if let Some(name) = redis_bus::text(name) {
-                    fields.insert(name, value);
-                }
-            }
-        }
-        _ => {}
-    }
-    fields
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
         let mut b = Backoff::new();
         let waits: Vec<u64> = (0..7).map(|_| b.next().as_millis() as u64).collect();
         assert_eq!(waits, vec![100, 200, 400, 800, 1600, 2000, 2000]);
-    }
-
-    #[test]
-    fn reads_xread_replies() {
-        assert!(feed_items(&Value::Nil).unwrap().is_empty());
-        let entry = Value::Array(vec![
-            bulk("7-0"),
-            Value::Array(vec![bulk("channel"), bulk("c"), bulk("data"), bulk("x")]),
-        ]);
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk(FEED_KEY),
-            Value::Array(vec![entry.clone()]),
-        ])]);
-        let items = feed_items(&reply).unwrap();
-        assert_eq!(items.len(), 1);
-        assert_eq!(entry_id_text(&items[0]).as_deref(), Some("7-0"));
-        assert!(feed_items(&Value::Int(1)).is_err());
-    }
-
-    #[test]
-    fn reads_xinfo_fields() {
-        let info = Value::Array(vec![
-            bulk("length"),
-            Value::Int(3),
-            bulk("max-deleted-entry-id"),
-            bulk("5-0"),
-        ]);
-        let fields = info_fields(&info);
-        assert_eq!(fields.get("length"), Some(&&Value::Int(3)));
-        assert_eq!(
-            fields
-                .get("max-deleted-entry-id")
-                .and_then(|v| redis_bus::text(v))
-                .as_deref(),
-            Some("5-0")
-        );
     }
 }
