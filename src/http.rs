@@ -78,11 +78,14 @@ impl From<PublishError> for ApiError {
 
 impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
-        match e {
-            BusError::Broker(e) => e.into(),
-            e => ApiError::new(503, format!("{e}; the event was not stored, retry later"))
-                .with_header("Retry-After", "1"),
-        }
+        let message = match e {
+            BusError::Broker(e) => return e.into(),
+            e @ BusError::NoAnswer { .. } => {
+                format!("{e}; the event may or may not be stored, retry later (it may then come twice)")
+            }
+            e => format!("{e}; the event was not stored, retry later"),
+        };
+        ApiError::new(503, message).with_header("Retry-After", "1")
     }
 }
 

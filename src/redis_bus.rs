@@ -119,6 +119,14 @@ pub enum BusError {
         /// What went wrong.
         reason: String,
     },
+    /// Redis did not answer in time: the command may still run, so the
+    /// event may be stored although it was not confirmed.
+    NoAnswer {
+        /// Where Redis is, without credentials.
+        server: String,
+        /// How long the answer was waited for.
+        waited: Duration,
+    },
     /// The request itself is bad (channel or event name).
     Broker(BrokerError),
 }
@@ -134,6 +142,11 @@ impl fmt::Display for BusError {
             BusError::Unavailable { server, reason } => {
                 write!(f, "redis at {server} is unavailable ({reason})")
             }
+            BusError::NoAnswer { server, waited } => write!(
+                f,
+                "redis at {server} did not answer within {} ms",
+                waited.as_millis()
+            ),
             BusError::Broker(e) => e.fmt(f),
         }
     }
@@ -225,7 +238,16 @@ impl Shared {
         } else {
             self.drop_idle_connections();
         }
-        outcome.map_err(|e| self.unavailable(e))
+        outcome.map_err(|e| {
+            if e.is_timeout() {
+                BusError::NoAnswer {
+                    server: self.server.clone(),
+                    waited: COMMAND_TIMEOUT,
+                }
+            } else {
+                self.unavailable(e)
+            }
+        })
     }
 }
 

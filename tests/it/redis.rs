@@ -93,6 +93,17 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to it.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Starts it again on the same port, empty.
     fn restart(&mut self) {
         assert!(
@@ -479,4 +490,70 @@ fn a_node_started_before_redis_serves_and_connects_later() {
         client.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
         Some(id)
     );
+}
+
+#[test]
+fn a_hung_redis_gets_503_not_a_hung_node() {
+    let Some(redis) = RedisServer::start_or_skip("a_hung_redis_gets_503_not_a_hung_node") else {
+        return;
+    };
+    let a = node(&redis, &["--ping-interval", "300ms"]);
+    let mut client = SseClient::connect(a.addr, "/events?channel=h", &[]);
+    // A first publish leaves a connection in the pool: the next one is sent
+    // to Redis and gets no answer.
+    let first = publish(a.addr, "h", "first");
+    assert_eq!(
+        client.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(first)
+    );
+    redis.signal("STOP");
+    let started = Instant::now();
+    let addr = a.addr;
+    let publisher = std::thread::spawn(move || try_publish(addr, "h", "into the void"));
+    // Other requests are not held up meanwhile.
+    assert!(
+        wait_until(Duration::from_secs(5), || get(a.addr, "/health").status == 200
+            && !publisher.is_finished()),
+        "/health waited for the hung publish"
+    );
+    let response = publisher.join().expect("the publisher thread");
+    assert_eq!(response.status, 503, "{response:?}");
+    assert!(
+        response.body.contains("may or may not be stored"),
+        "{}",
+        response.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || redis_state(a.addr) == "disconnected"),
+        "the reader never noticed"
+    );
+    assert_eq!(try_publish(a.addr, "h", "still hung").status, 503);
+    let block = client.next_block(Duration::from_secs(5));
+    assert!(
+        block.as_deref().is_some_and(|b| b.starts_with(": ping")),
+        "{block:?}"
+    );
+
+    redis.signal("CONT");
+    assert!(
+        wait_until(Duration::from_secs(15), || redis_state(a.addr) == "connected"),
+        "never reconnected; logs:\n{}",
+        a.logs()
+    );
+    let id = publish(a.addr, "h", "back");
+    // The first publish may have run once Redis woke up: it was never
+    // confirmed, and whatever comes, comes in order and ends with ours.
+    let mut last = 0;
+    while last != id {
+        let event = client
+            .next_event(Duration::from_secs(10))
+            .expect("the event published after");
+        assert!(event.id_number() > last, "in order: {event:?} after {last}");
+        last = event.id_number();
+    }
 }
