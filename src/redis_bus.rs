@@ -11,7 +11,7 @@
 //!   --history`, for replay) and to the feed `tinysse:feed` (`MAXLEN ~`
 //!   [`FEED_LEN`], every channel in id order). The node answers `200` only
 //!   once the script has returned, so never for an event that is not stored.
-//! - **Live**: one reader thread per node (see [`crate::redis_reader`]) reads
+//! - **Live**: one reader thread per node (module `redis_reader`) reads
 //!   the feed with `XREAD BLOCK` and appends each entry, in order, to the
 //!   local broker with its id ([`Broker::append`]), which keeps the broker's
 //!   invariant that events enter the rings in increasing id order.
@@ -22,6 +22,14 @@
 //! - **Faults**: while Redis is unreachable publishes get `503` at once,
 //!   streams stay open with their pings, and the reader reconnects with
 //!   backoff and resumes the feed after the last entry it applied.
+//!
+//! Limits: one Redis server (not Redis Cluster: the script touches several
+//! keys); each event is stored twice (feed and channel stream); a publish
+//! that Redis received but did not confirm is answered `503` and may come
+//! twice if the client retries; a back-fill waits for Redis on the dispatch
+//! loop (at most the command timeout, 2 s, if Redis hangs); after a Redis
+//! restart without persistence ids keep growing thanks to the clock and to
+//! the nodes raising `tinysse:last-id` again, unless Redis' clock went back.
 
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -87,7 +95,7 @@ redis.call('SET', KEYS[1], text)
 return text
 ";
 
-/// Raises the newest id to at least ARGV[1] and returns it, so that after a
+/// Raises the newest id to at least `ARGV[1]` and returns it, so that after a
 /// Redis restart without persistence new ids still come after what nodes
 /// have applied. KEYS: last-id.
 const FLOOR_SCRIPT: &str = r"
