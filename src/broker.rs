@@ -487,6 +487,12 @@ impl Subscription {
         self.cursor
     }
 
+    /// True once this subscriber fell more than `queue_size` events behind:
+    /// the next [`Subscription::drain`] fails with [`Lagged`].
+    pub fn is_lagged(&self) -> bool {
+        self.me.dropped.load(Ordering::Acquire)
+    }
+
     /// Appends to `out` every event after the cursor, in id order, and moves
     /// the cursor past them. The first call after subscribing with a
     /// `Last-Event-ID` is the replay.
@@ -821,8 +827,9 @@ mod tests {
             );
             std::thread::yield_now();
         }
+        assert!(slow.is_lagged());
         assert_eq!(slow.drain(&mut Vec::new()), Err(Lagged));
-        assert!(!fast.me.dropped.load(Ordering::Acquire));
+        assert!(!fast.is_lagged());
     }
 
     #[test]

@@ -66,6 +66,25 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The warning to print when the server can be reached from other
+    /// machines and anyone reaching it could publish: a non-loopback
+    /// `--host` without `--publish-token`.
+    pub fn exposure_warning(&self) -> Option<String> {
+        let loopback = self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        (!loopback && self.publish_token.is_none()).then(|| {
+            format!(
+                "listening on {} without --publish-token: anyone who can reach this address can publish",
+                self.host
+            )
+        })
+    }
+}
+
 /// A bad option or value, with the words that were wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -434,6 +453,25 @@ mod tests {
         assert!(run(&["--bogus", "1"], &[]).is_err());
         assert!(run(&["--port"], &[]).is_err());
         assert!(run(&["stray"], &[]).is_err());
+    }
+
+    #[test]
+    fn non_loopback_without_token_warns() {
+        let warn = |host: &str, token: Option<&str>| {
+            let config = Config {
+                host: host.into(),
+                publish_token: token.map(String::from),
+                ..Config::default()
+            };
+            config.exposure_warning()
+        };
+        assert!(warn("0.0.0.0", None).is_some_and(|w| w.contains("--publish-token")));
+        assert!(warn("192.0.2.7", None).is_some());
+        assert!(warn("::", None).is_some());
+        assert!(warn("0.0.0.0", Some("secret")).is_none());
+        assert!(warn("127.0.0.1", None).is_none());
+        assert!(warn("::1", None).is_none());
+        assert!(warn("localhost", None).is_none());
     }
 
     #[test]

@@ -1,17 +1,22 @@
 //! The dispatch loop on tiny_http and the routing of requests: streams get a
 //! thread each, plain requests are answered with JSON.
 //!
-//! The dispatch loop never blocks on a client: it answers small requests
-//! (whose body tiny_http has already read) at once, hands a publish with a
-//! larger body to a thread of its own, and starts a thread per stream after
-//! subscribing, so that the subscription exists before the head is sent.
+//! The dispatch loop never writes to a socket, because any write can block:
+//! a client that does not read its answers fills its socket buffer, and a
+//! request pipelined behind an open stream on the same connection cannot be
+//! answered before that stream ends (tiny_http orders a connection's
+//! answers). So every plain request is answered on a short-lived thread of
+//! its own, and every stream gets its thread after subscribing, so that the
+//! subscription exists before the head is sent. Past `MAX_REQUEST_THREADS`
+//! requests in progress, one overflow thread answers `503`.
 
-use std::io::Read;
+use std::io::{Cursor, Read};
 use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
@@ -22,10 +27,7 @@ use crate::server::App;
 use crate::stats::CloseReason;
 use crate::stream::{self, Source, Stream};
 
-/// Bodies up to this size are read by tiny_http before the request reaches us.
-const EAGER_BODY: usize = 1024;
-
-/// Request threads (publishes with large bodies) at most; more get `503`.
+/// Plain requests answered at once at most; more get `503`.
 const MAX_REQUEST_THREADS: usize = 512;
 
 /// Largest request head accepted, all header lines together.
@@ -92,8 +94,15 @@ impl From<BusError> for ApiError {
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
-    DemoStream,
-    Events,
+    /// A stream: the demo (`GET /`) or channels (`GET /events`).
+    Stream { demo: bool },
+    /// Anything answered with one response.
+    Plain(Plain),
+}
+
+/// The requests answered with one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plain {
     Publish,
     PublishPreflight,
     Health,
@@ -105,19 +114,20 @@ enum Route {
 
 fn route(method: &Method, path: &str) -> Route {
     let get_like = matches!(method, Method::Get | Method::Head);
-    match path {
-        "/" if *method == Method::Get => Route::DemoStream,
-        "/events" if *method == Method::Get => Route::Events,
-        "/" | "/events" => Route::WrongMethod("GET"),
-        "/publish" if *method == Method::Post => Route::Publish,
-        "/publish" if *method == Method::Options => Route::PublishPreflight,
-        "/publish" => Route::WrongMethod("POST, OPTIONS"),
-        "/health" if get_like => Route::Health,
-        "/metrics" if get_like => Route::Metrics,
-        "/demo" if get_like => Route::DemoPage,
-        "/health" | "/metrics" | "/demo" => Route::WrongMethod("GET, HEAD"),
-        _ => Route::NotFound,
-    }
+    let plain = match path {
+        "/" if *method == Method::Get => return Route::Stream { demo: true },
+        "/events" if *method == Method::Get => return Route::Stream { demo: false },
+        "/" | "/events" => Plain::WrongMethod("GET"),
+        "/publish" if *method == Method::Post => Plain::Publish,
+        "/publish" if *method == Method::Options => Plain::PublishPreflight,
+        "/publish" => Plain::WrongMethod("POST, OPTIONS"),
+        "/health" if get_like => Plain::Health,
+        "/metrics" if get_like => Plain::Metrics,
+        "/demo" if get_like => Plain::DemoPage,
+        "/health" | "/metrics" | "/demo" => Plain::WrongMethod("GET, HEAD"),
+        _ => Plain::NotFound,
+    };
+    Route::Plain(plain)
 }
 
 /// Accepts requests until the app stops. tiny_http's acceptor can end on an
@@ -172,23 +182,67 @@ fn handle(app: &Arc<App>, request: Request) {
             431,
             format!("request head too large: at most {MAX_HEAD_BYTES} bytes"),
         );
-        return respond_error(app, request, error);
+        return answer_error_later(app, request, error);
     }
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     match route(request.method(), path) {
-        Route::DemoStream => open_stream(app, request, query, true),
-        Route::Events => open_stream(app, request, query, false),
-        Route::Publish => {
-            // A publish through Redis waits for it: never on the dispatch loop.
-            let small = app.redis.is_none() && matches!(request.body_length(), Some(n) if n <= EAGER_BODY);
-            if small {
-                handle_publish(app, request, query);
-            } else {
-                spawn_request_thread(app, request, query.to_string());
-            }
+        Route::Stream { demo } => open_stream(app, request, query, demo),
+        Route::Plain(plain) => {
+            let (path, query) = (path.to_string(), query.to_string());
+            on_request_thread(app, request, move |app, request| {
+                serve_plain(app, request, plain, &path, &query)
+            });
         }
-        Route::PublishPreflight => match &app.config.cors_origin {
+    }
+}
+
+/// Runs `job` on a thread of its own, so that the dispatch loop never
+/// blocks on a client; past [`MAX_REQUEST_THREADS`] the overflow thread
+/// answers `503` instead.
+fn on_request_thread(
+    app: &Arc<App>,
+    request: Request,
+    job: impl FnOnce(&Arc<App>, Request) + Send + 'static,
+) {
+    let Some(guard) = app.begin_request(MAX_REQUEST_THREADS) else {
+        return app.overflow(request);
+    };
+    let (request_tx, request_rx) = crossbeam_channel::bounded::<Request>(1);
+    let thread_app = Arc::clone(app);
+    let spawned = std::thread::Builder::new()
+        .name("request".into())
+        .stack_size(crate::SMALL_STACK)
+        .spawn(move || {
+            let _guard = guard;
+            let Ok(request) = request_rx.recv() else { return };
+            if catch_unwind(AssertUnwindSafe(|| job(&thread_app, request))).is_err() {
+                log::error!("a request handler panicked; its connection was closed");
+            }
+        });
+    match spawned {
+        // The thread is waiting for exactly this one request.
+        Ok(_) => {
+            let _ = request_tx.send(request);
+        }
+        Err(e) => {
+            log::warn!("cannot start a request thread: {e}");
+            app.overflow(request);
+        }
+    }
+}
+
+/// Answers `error` on a request thread.
+fn answer_error_later(app: &Arc<App>, request: Request, error: ApiError) {
+    on_request_thread(app, request, move |app, request| {
+        respond_error(app, request, error)
+    });
+}
+
+fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query: &str) {
+    match plain {
+        Plain::Publish => handle_publish(app, request, query),
+        Plain::PublishPreflight => match &app.config.cors_origin {
             Some(origin) => {
                 let response = Response::empty(204)
                     .with_header(header("Access-Control-Allow-Origin", origin))
@@ -207,7 +261,7 @@ fn handle(app: &Arc<App>, request: Request) {
                     .with_header("Allow", "POST"),
             ),
         },
-        Route::Health => {
+        Plain::Health => {
             let mut body = json!({
                 "status": if app.is_stopping() { "stopping" } else { "ok" },
                 "version": env!("CARGO_PKG_VERSION"),
@@ -223,26 +277,26 @@ fn handle(app: &Arc<App>, request: Request) {
             }
             respond_json(app, request, 200, &body);
         }
-        Route::Metrics => {
+        Plain::Metrics => {
             let text = crate::metrics::render(&app.stats, &app.broker);
             send(
                 request,
                 Response::from_string(text).with_header(header("Content-Type", crate::metrics::CONTENT_TYPE)),
             );
         }
-        Route::DemoPage => {
+        Plain::DemoPage => {
             let page = Response::from_string(crate::DEMO_PAGE)
                 .with_header(header("Content-Type", "text/html; charset=utf-8"))
                 .with_header(header("Cache-Control", "no-cache"));
             send(request, page);
         }
-        Route::NotFound => {
+        Plain::NotFound => {
             let message = format!(
                 "no such path '{path}'; the paths are GET /, GET /events, POST /publish, GET /health, GET /metrics, GET /demo"
             );
             respond_error(app, request, ApiError::new(404, message));
         }
-        Route::WrongMethod(allow) => {
+        Plain::WrongMethod(allow) => {
             let message = format!(
                 "method {} is not allowed on {path}; use {allow}",
                 request.method()
@@ -291,7 +345,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
             ),
         )
         .with_header("Retry-After", "5");
-        return respond_error(app, request, error);
+        return answer_error_later(app, request, error);
     };
     let last_id = last_event_id(&request, query);
     let (source, channels) = if demo {
@@ -313,7 +367,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
                 let channels = subscription.channels().join(",");
                 (Source::Channels(subscription), channels)
             }
-            Err(e) => return respond_error(app, request, e.into()),
+            Err(e) => return answer_error_later(app, request, e.into()),
         }
     };
     let peer = request
@@ -356,44 +410,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         }
         Err(e) => {
             log::warn!("cannot start a stream thread for {peer}: {e}");
-            let error = ApiError::new(503, "the server cannot take more streams now; retry later")
-                .with_header("Retry-After", "5");
-            respond_error(app, request, error);
-        }
-    }
-}
-
-fn spawn_request_thread(app: &Arc<App>, request: Request, query: String) {
-    let Some(guard) = app.begin_request(MAX_REQUEST_THREADS) else {
-        let error =
-            ApiError::new(503, "too many requests in progress; retry later").with_header("Retry-After", "1");
-        return respond_error(app, request, error);
-    };
-    let (request_tx, request_rx) = crossbeam_channel::bounded::<Request>(1);
-    let thread_app = Arc::clone(app);
-    let spawned = std::thread::Builder::new()
-        .name("publish".into())
-        .stack_size(crate::SMALL_STACK)
-        .spawn(move || {
-            let _guard = guard;
-            if let Ok(request) = request_rx.recv() {
-                let app = thread_app;
-                if catch_unwind(AssertUnwindSafe(|| handle_publish(&app, request, &query))).is_err() {
-                    log::error!("a publish handler panicked; the connection was closed");
-                }
-            }
-        });
-    match spawned {
-        Ok(_) => {
-            let _ = request_tx.send(request);
-        }
-        Err(e) => {
-            log::warn!("cannot start a request thread: {e}");
-            respond_error(
-                app,
-                request,
-                ApiError::new(503, "the server is busy; retry later"),
-            );
+            app.overflow(request);
         }
     }
 }
@@ -434,6 +451,7 @@ fn publish_request(app: &App, request: &mut Request, query: &str) -> Result<serd
     let declared = request.body_length();
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
+    crate::fault::panic_if_requested(&event.channel);
     let published = match &app.redis {
         Some(bus) => bus.publish(&event.channel, event.event.as_deref(), &event.data)?,
         None => app
@@ -488,6 +506,10 @@ fn respond_error(app: &App, request: Request, error: ApiError) {
         error.status,
         error.message
     );
+    send(request, error_response(&error, app.config.cors_origin.as_deref()));
+}
+
+fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Cursor<Vec<u8>>> {
     let body = json!({ "error": error.message });
     let mut response = Response::from_string(body.to_string())
         .with_status_code(error.status)
@@ -495,10 +517,20 @@ fn respond_error(app: &App, request: Request, error: ApiError) {
     for (name, value) in &error.headers {
         response.add_header(header(name, value));
     }
-    if let Some(origin) = &app.config.cors_origin {
+    if let Some(origin) = cors_origin {
         response.add_header(header("Access-Control-Allow-Origin", origin));
     }
-    send(request, response);
+    response
+}
+
+/// The overflow thread: answers `503` to each request that no thread of its
+/// own could be given for. It may block on a client that does not read, but
+/// then only overflow traffic waits. Ends when every sender is dropped.
+pub fn answer_overflow(requests: Receiver<Request>, cors_origin: Option<String>) {
+    let busy = ApiError::new(503, "the server is busy; retry later").with_header("Retry-After", "1");
+    for request in requests {
+        send(request, error_response(&busy, cors_origin.as_deref()));
+    }
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {
@@ -513,22 +545,26 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(&Method::Get, "/"), Route::DemoStream);
-        assert_eq!(route(&Method::Post, "/"), Route::WrongMethod("GET"));
-        assert_eq!(route(&Method::Get, "/events"), Route::Events);
-        assert_eq!(route(&Method::Post, "/publish"), Route::Publish);
-        assert_eq!(route(&Method::Options, "/publish"), Route::PublishPreflight);
+        let plain = Route::Plain;
+        assert_eq!(route(&Method::Get, "/"), Route::Stream { demo: true });
+        assert_eq!(route(&Method::Post, "/"), plain(Plain::WrongMethod("GET")));
+        assert_eq!(route(&Method::Get, "/events"), Route::Stream { demo: false });
+        assert_eq!(route(&Method::Post, "/publish"), plain(Plain::Publish));
+        assert_eq!(
+            route(&Method::Options, "/publish"),
+            plain(Plain::PublishPreflight)
+        );
         assert_eq!(
             route(&Method::Get, "/publish"),
-            Route::WrongMethod("POST, OPTIONS")
+            plain(Plain::WrongMethod("POST, OPTIONS"))
         );
-        assert_eq!(route(&Method::Head, "/health"), Route::Health);
+        assert_eq!(route(&Method::Head, "/health"), plain(Plain::Health));
         assert_eq!(
             route(&Method::Delete, "/metrics"),
-            Route::WrongMethod("GET, HEAD")
+            plain(Plain::WrongMethod("GET, HEAD"))
         );
-        assert_eq!(route(&Method::Get, "/nope"), Route::NotFound);
-        assert_eq!(route(&Method::Get, "/events/"), Route::NotFound);
+        assert_eq!(route(&Method::Get, "/nope"), plain(Plain::NotFound));
+        assert_eq!(route(&Method::Get, "/events/"), plain(Plain::NotFound));
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! - [`listener`]: the listening socket's options;
 //! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
-//! - [`logger`]: log lines on stderr.
+//! - [`logger`]: log lines on stderr;
+//! - [`fault`]: fault injection for the tests (debug builds only).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -31,6 +32,7 @@
 pub mod broker;
 pub mod config;
 pub mod event;
+pub mod fault;
 pub mod http;
 pub mod listener;
 pub mod logger;

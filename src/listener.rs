@@ -17,7 +17,15 @@
 //! thread ends on that error. [`KeepAwake`] connects to the listener more
 //! often than the timeout so that `accept()` never times out; if it ever does
 //! (a stalled machine), the dispatcher builds a new tiny_http server on the
-//! same listener (see `http::Dispatcher`).
+//! same listener (see `http::dispatch`).
+//!
+//! Every keep-awake connection is a task for tiny_http's pool, which wakes
+//! its idle threads in turn (first in, first out), and a surplus idle thread
+//! exits only after 5 s without a task. Poking every `P` keeps about
+//! `5 s / P` pool threads alive for ever (12 at 400 ms), so after a burst of
+//! connections the pool shrinks back to its 4 permanent threads only if
+//! `P >= 5 s / 4`. Hence the keep-awake period of 1.25 s, and the read
+//! timeout of 2 s above it.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -29,10 +37,21 @@ use std::time::Duration;
 
 /// How long a connection may be silent while tiny_http waits for a request
 /// head (a new request, or the next one on a kept-alive connection).
-pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(1);
+pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often [`KeepAwake`] connects to the listener.
-const KEEP_AWAKE_EVERY: Duration = Duration::from_millis(400);
+/// How long a surplus tiny_http pool thread waits idle before it exits
+/// (tiny_http 0.12, `util/task_pool.rs`).
+const POOL_IDLE_EXIT: Duration = Duration::from_secs(5);
+
+/// Permanent threads of a tiny_http pool (`MIN_THREADS` in `task_pool.rs`).
+const POOL_MIN_THREADS: u64 = 4;
+
+/// How often [`KeepAwake`] connects to the listener (1.25 s): more often
+/// than the read timeout, so that `accept()` never times out, and rarely
+/// enough that tiny_http's surplus pool threads still go idle long enough to
+/// exit.
+const KEEP_AWAKE_EVERY: Duration =
+    Duration::from_millis(POOL_IDLE_EXIT.as_millis() as u64 / POOL_MIN_THREADS);
 
 /// Binds `host:port` and sets the options every accepted socket inherits.
 ///
@@ -58,7 +77,7 @@ pub fn connect_address(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-/// A thread that connects to the listener every 400 ms so that tiny_http's
+/// A thread that connects to the listener every 1.25 s so that tiny_http's
 /// `accept()` never runs into the inherited read timeout. Stops when dropped.
 #[derive(Debug)]
 pub struct KeepAwake {
@@ -127,6 +146,16 @@ mod tests {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
         ));
         assert!(start.elapsed() >= IDLE_READ_TIMEOUT / 2);
+    }
+
+    #[test]
+    fn keep_awake_keeps_accept_alive_without_pinning_pool_threads() {
+        // Fast enough that accept() never waits out the read timeout, with
+        // room for a late wake-up on a busy machine.
+        assert!(KEEP_AWAKE_EVERY + Duration::from_millis(500) <= IDLE_READ_TIMEOUT);
+        // Slow enough that one surplus pool thread among the permanent ones,
+        // woken in turn, waits longer than POOL_IDLE_EXIT for a task.
+        assert!(KEEP_AWAKE_EVERY * (POOL_MIN_THREADS as u32 + 1) > POOL_IDLE_EXIT);
     }
 
     #[test]

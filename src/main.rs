@@ -2,7 +2,6 @@
 //! SIGTERM, exit code.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::process::ExitCode;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -50,11 +49,8 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Ok(limit) => log::info!("open files limit: {limit}"),
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
     }
-    if config.publish_token.is_none() && !is_loopback(&config.host) {
-        log::warn!(
-            "listening on {} without --publish-token: anyone who can reach it can publish",
-            config.host
-        );
+    if let Some(warning) = config.exposure_warning() {
+        log::warn!("{warning}");
     }
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let server = Server::start(config)?;
@@ -66,8 +62,4 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     server.stop();
     Ok(())
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -44,9 +44,16 @@ pub struct App {
     shutdown_tx: Mutex<Option<Sender<()>>>,
     stopping: AtomicBool,
     requests_in_flight: AtomicUsize,
+    overflow_tx: Sender<tiny_http::Request>,
 }
 
 impl App {
+    /// Hands `request` to the overflow thread, which answers `503`.
+    pub fn overflow(&self, request: tiny_http::Request) {
+        // The overflow thread lives as long as the process.
+        let _ = self.overflow_tx.send(request);
+    }
+
     /// True once the server is stopping.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
@@ -139,6 +146,13 @@ impl Server {
             None => None,
         };
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
+        let (overflow_tx, overflow_rx) = crossbeam_channel::unbounded();
+        let cors_origin = config.cors_origin.clone();
+        std::thread::Builder::new()
+            .name("overflow".into())
+            .stack_size(crate::SMALL_STACK)
+            .spawn(move || crate::http::answer_overflow(overflow_rx, cors_origin))
+            .map_err(StartError::Thread)?;
         let app = Arc::new(App {
             stream_settings: StreamSettings {
                 ping_interval: config.ping_interval,
@@ -153,6 +167,7 @@ impl Server {
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),
+            overflow_tx,
         });
         let keep_awake = KeepAwake::start(listener::connect_address(addr)).map_err(StartError::Thread)?;
         let dispatch_app = Arc::clone(&app);

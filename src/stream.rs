@@ -132,6 +132,13 @@ impl Stream {
     ) -> CloseReason {
         match self.serve(http10, &mut source, settings, shutdown_rx) {
             Ok(reason) => reason,
+            // A client that stops reading makes a write block until the
+            // write timeout, and falls behind meanwhile: it was dropped for
+            // being slow, not because it left.
+            Err(e) if matches!(&source, Source::Channels(s) if s.is_lagged()) => {
+                log::debug!("stream write failed after falling behind: {e}");
+                CloseReason::Slow
+            }
             Err(e) => {
                 log::debug!("stream write failed: {e}");
                 CloseReason::ClientLeft
@@ -170,25 +177,31 @@ impl Stream {
                     }
                 }
             }
-            Source::Channels(subscription) => loop {
-                // Replay (or nothing) first, then whatever wakes us.
-                if let Err(Lagged) = subscription.drain(&mut pending) {
-                    return Ok(CloseReason::Slow);
-                }
-                self.send_events(&pending)?;
-                pending.clear();
-                select! {
-                    recv(subscription.wake_rx()) -> _ => {}
-                    recv(ping) -> _ => self.send_ping()?,
-                    recv(shutdown_rx) -> _ => {
-                        // Deliver everything accepted before the stop.
-                        if subscription.drain(&mut pending).is_ok() {
-                            self.send_events(&pending)?;
+            Source::Channels(subscription) => {
+                subscription
+                    .channels()
+                    .iter()
+                    .for_each(|c| crate::fault::panic_if_requested(c));
+                loop {
+                    // Replay (or nothing) first, then whatever wakes us.
+                    if let Err(Lagged) = subscription.drain(&mut pending) {
+                        return Ok(CloseReason::Slow);
+                    }
+                    self.send_events(&pending)?;
+                    pending.clear();
+                    select! {
+                        recv(subscription.wake_rx()) -> _ => {}
+                        recv(ping) -> _ => self.send_ping()?,
+                        recv(shutdown_rx) -> _ => {
+                            // Deliver everything accepted before the stop.
+                            if subscription.drain(&mut pending).is_ok() {
+                                self.send_events(&pending)?;
+                            }
+                            return Ok(CloseReason::Shutdown);
                         }
-                        return Ok(CloseReason::Shutdown);
                     }
                 }
-            },
+            }
         }
     }
 
@@ -228,6 +241,55 @@ mod tests {
         let head = String::from_utf8(response_head(true, Some("https://a.example"))).unwrap();
         assert!(head.starts_with("HTTP/1.0 200 OK\r\n"));
         assert!(head.contains("Access-Control-Allow-Origin: https://a.example\r\n"));
+    }
+
+    /// A connection whose every write times out, as to a client that
+    /// stopped reading.
+    struct Stalled;
+
+    impl Write for Stalled {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_slow_when_the_subscriber_fell_behind() {
+        use crate::broker::{Broker, BrokerConfig};
+
+        let broker = Broker::new(BrokerConfig {
+            history: 10,
+            queue_size: 2,
+            max_channels: 10,
+        });
+        let settings = StreamSettings {
+            ping_interval: Duration::from_secs(60),
+            retry: None,
+            cors_origin: None,
+        };
+        let (_shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+        let run = |subscription| {
+            let mut stream = Stream::new(Box::new(Stalled), Arc::new(Stats::default()));
+            stream.run(false, Source::Channels(subscription), &settings, &shutdown_rx)
+        };
+
+        let keeping_up = broker.subscribe(&["c".to_string()], None).unwrap();
+        assert_eq!(run(keeping_up), CloseReason::ClientLeft);
+
+        let behind = broker.subscribe(&["c".to_string()], None).unwrap();
+        for n in 0..3 {
+            broker.publish("c", None, &n.to_string()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !behind.is_lagged() {
+            assert!(Instant::now() < deadline, "fan-out never marked it");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(run(behind), CloseReason::Slow);
     }
 
     #[test]

@@ -106,6 +106,21 @@ impl TestServer {
             .expect("a Threads: line")
     }
 
+    /// The names of its threads, from `/proc/<pid>/task/*/comm`, for
+    /// failure messages.
+    pub fn thread_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+                    .map(|name| name.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
     /// Its open file descriptors, from `/proc/<pid>/fd`.
     pub fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -165,6 +180,82 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
+/// What a run of the binary to its end left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Everything it printed on stdout.
+    pub stdout: String,
+    /// Everything it printed on stderr.
+    pub stderr: String,
+}
+
+/// Runs the binary with `args` and `env` until it exits; kills it and fails
+/// the test when it runs longer than `timeout`.
+pub fn run_binary(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Finished {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tinysse"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("start the tinysse binary");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tinysse {args:?} still running after {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// The value of the sample `name` (with its labels, if any, exactly as
+/// written: `tinysse_disconnects_total{reason="slow"}`) in `GET /metrics`.
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let response = get(addr, "/metrics");
+    assert_eq!(response.status, 200, "{response:?}");
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in /metrics:\n{}", response.body))
+}
+
+/// `open_streams` from `GET /health`.
+pub fn open_streams(addr: SocketAddr) -> u64 {
+    let response = get(addr, "/health");
+    response.json()["open_streams"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no open_streams in {response:?}"))
+}
+
 /// A whole HTTP response.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {
@@ -214,9 +305,20 @@ pub fn http(
     }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes()).expect("send head");
-    stream.write_all(body).expect("send body");
+    // A server may answer (413, 401) and close before reading a whole body:
+    // a failed send is then no error, the answer is what counts.
+    let _ = stream.write_all(body);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the response");
+    let mut chunk = [0u8; 16384];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if raw.is_empty() => panic!("no answer to {method} {path}: {e}"),
+            Err(_) => break,
+        }
+    }
     parse_response(&raw)
 }
 
@@ -304,7 +406,31 @@ impl SseClient {
         headers: &[(&str, &str)],
         version: &str,
     ) -> SseClient {
-        let mut stream = TcpStream::connect(addr).expect("connect");
+        let stream = TcpStream::connect(addr).expect("connect");
+        Self::start(stream, addr, path, headers, version)
+    }
+
+    /// Like [`SseClient::connect`] on a socket whose receive buffer is
+    /// limited to about `bytes` (`SO_RCVBUF`): a client that does not read
+    /// then soon makes the server's writes block.
+    pub fn connect_with_receive_buffer(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        bytes: usize,
+    ) -> SseClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        set_receive_buffer(&stream, bytes);
+        Self::start(stream, addr, path, headers, "HTTP/1.1")
+    }
+
+    fn start(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        version: &str,
+    ) -> SseClient {
         let mut request = format!("GET {path} {version}\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
@@ -371,12 +497,16 @@ impl SseClient {
     /// The next block (event or comment, without its blank line), raw.
     pub fn next_block(&mut self, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
+        // Only new bytes are searched: big events arrive in many reads.
+        let mut searched = 0;
         loop {
-            if let Some(at) = find(&self.buffer, b"\n\n") {
+            if let Some(at) = find(&self.buffer[searched..], b"\n\n") {
+                let at = searched + at;
                 let block = String::from_utf8_lossy(&self.buffer[..at]).into_owned();
                 self.buffer.drain(..at + 2);
                 return Some(block);
             }
+            searched = self.buffer.len().saturating_sub(1);
             if !self.fill(deadline) {
                 return None;
             }
@@ -437,10 +567,29 @@ impl SseClient {
         }
     }
 
+    /// The complete events already read, without reading more (after
+    /// [`SseClient::closed_within`], what the client got before the end).
+    pub fn buffered_events(&mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        while let Some(at) = find(&self.buffer, b"\n\n") {
+            let block = String::from_utf8_lossy(&self.buffer[..at]).into_owned();
+            self.buffer.drain(..at + 2);
+            events.extend(parse_event(&block));
+        }
+        events
+    }
+
     /// The underlying socket.
     pub fn socket(&self) -> &TcpStream {
         &self.stream
     }
+}
+
+/// Limits the kernel receive buffer of `stream` to about `bytes`.
+fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
+    socket2::SockRef::from(stream)
+        .set_recv_buffer_size(bytes)
+        .expect("setsockopt SO_RCVBUF");
 }
 
 /// Parses one block into an event; `None` for a block with no data field

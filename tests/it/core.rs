@@ -1,0 +1,487 @@
+//! The core server as a client sees it (issue 2): the demo stream on `/`,
+//! its bytes, ticks, pings, `Last-Event-ID`, headers; threads released after
+//! clients leave; 404/405 and `/health`; shutdown; the command line.
+
+use std::time::{Duration, Instant};
+
+use super::support::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// The demo event with id `id`, byte for byte.
+fn demo_event(id: u64) -> String {
+    format!("id: {id}\nevent: new_message\ndata: message_content\n\n")
+}
+
+/// The time of a ping comment block, if `block` is exactly
+/// `: ping - YYYY-MM-DD HH:MM:SS.ffffff`.
+fn ping_time(block: &str) -> Option<time::OffsetDateTime> {
+    let stamp = block.strip_prefix(": ping - ")?;
+    let b = stamp.as_bytes();
+    let shape = "dddd-dd-dd dd:dd:dd.dddddd";
+    if b.len() != shape.len()
+        || !shape
+            .bytes()
+            .zip(b)
+            .all(|(s, c)| if s == b'd' { c.is_ascii_digit() } else { s == *c })
+    {
+        return None;
+    }
+    let n = |range: std::ops::Range<usize>| stamp[range].parse::<u32>().ok();
+    let month = time::Month::try_from(n(5..7)? as u8).ok()?;
+    let date = time::Date::from_calendar_date(n(0..4)? as i32, month, n(8..10)? as u8).ok()?;
+    let clock =
+        time::Time::from_hms_micro(n(11..13)? as u8, n(14..16)? as u8, n(17..19)? as u8, n(20..26)?).ok()?;
+    Some(time::PrimitiveDateTime::new(date, clock).assume_utc())
+}
+
+#[test]
+fn first_event_comes_at_once_with_exact_bytes() {
+    // A long tick: the first event must not wait for it.
+    let server = TestServer::start(&["--tick-interval", "1m", "--ping-interval", "1m"]);
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let started = Instant::now();
+        let mut client = SseClient::connect_version(server.addr, "/", &[], version);
+        assert_eq!(client.status(), 200, "{version}: {}", client.head);
+        assert!(
+            client.head.starts_with(&format!("{version} 200")),
+            "answered in the client's version: {}",
+            client.head
+        );
+        let block = client.next_block(10 * SECOND);
+        let waited = started.elapsed();
+        assert_eq!(
+            block.as_deref(),
+            Some("id: 1\nevent: new_message\ndata: message_content"),
+            "{version}: received {:?}",
+            String::from_utf8_lossy(&client.received)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&client.received),
+            demo_event(1),
+            "{version}: the first bytes after the head are exactly the first event"
+        );
+        // Generous: "at once" against a 1 minute tick, on a busy machine.
+        assert!(waited < 5 * SECOND, "{version}: first event took {waited:?}");
+    }
+}
+
+#[test]
+fn ticks_and_pings_come_at_their_intervals() {
+    let server = TestServer::start(&["--tick-interval", "200ms", "--ping-interval", "300ms"]);
+    let mut client = SseClient::connect(server.addr, "/", &[]);
+    let started = Instant::now();
+    let window = Duration::from_millis(2500);
+    let mut blocks = Vec::new();
+    while started.elapsed() < window {
+        match client.next_block(window.saturating_sub(started.elapsed())) {
+            Some(block) => blocks.push(block),
+            None => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    let received = || String::from_utf8_lossy(&client.received).into_owned();
+    assert!(!blocks.is_empty(), "nothing in {elapsed:?}");
+    assert_eq!(
+        blocks[0],
+        demo_event(1).trim_end(),
+        "the event comes first: {}",
+        received()
+    );
+
+    let events: Vec<&String> = blocks.iter().filter(|b| !b.starts_with(':')).collect();
+    let pings: Vec<&String> = blocks.iter().filter(|b| b.starts_with(':')).collect();
+    for (n, event) in events.iter().enumerate() {
+        assert_eq!(
+            **event,
+            demo_event(n as u64 + 1).trim_end(),
+            "ids count up by one: {}",
+            received()
+        );
+    }
+    for ping in &pings {
+        assert!(ping_time(ping).is_some(), "bad ping {ping:?} in {}", received());
+    }
+    // Expected in 2.5 s: 1 + 12 ticks and 8 pings. Bounds are generous for a
+    // loaded machine, but tight enough to catch a wrong interval (5 s, 15 s,
+    // or one tick per ping).
+    let max_ticks = 2 + (elapsed.as_millis() / 200) as usize;
+    let max_pings = 1 + (elapsed.as_millis() / 300) as usize;
+    assert!(
+        (4..=max_ticks).contains(&events.len()),
+        "{} events in {elapsed:?}, expected 4..={max_ticks}: {}",
+        events.len(),
+        received()
+    );
+    assert!(
+        (2..=max_pings).contains(&pings.len()),
+        "{} pings in {elapsed:?}, expected 2..={max_pings}: {}",
+        pings.len(),
+        received()
+    );
+}
+
+#[test]
+fn ping_is_a_comment_with_the_utc_time() {
+    // Ticker off: after the first event only pings come.
+    let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "300ms"]);
+    let mut client = SseClient::connect(server.addr, "/", &[]);
+    let first = client.next_block(10 * SECOND);
+    assert_eq!(first.as_deref(), Some(demo_event(1).trim_end()));
+    for _ in 0..3 {
+        let block = client.next_block(10 * SECOND).unwrap_or_else(|| {
+            panic!(
+                "no ping; received {:?}",
+                String::from_utf8_lossy(&client.received)
+            )
+        });
+        let at = ping_time(&block)
+            .unwrap_or_else(|| panic!("not `: ping - YYYY-MM-DD HH:MM:SS.ffffff`: {block:?}"));
+        let off = (time::OffsetDateTime::now_utc() - at).abs();
+        assert!(
+            off < time::Duration::seconds(30),
+            "ping {block:?} is not UTC now (off by {off})"
+        );
+    }
+    let raw = String::from_utf8_lossy(&client.received).into_owned();
+    let after_first = raw.strip_prefix(&demo_event(1)).expect("starts with event 1");
+    assert!(after_first.starts_with(": ping - "), "{raw:?}");
+    assert!(!after_first.contains("id:"), "the ticker is off (0): {raw:?}");
+}
+
+#[test]
+fn last_event_id_continues_the_count() {
+    let server = TestServer::start(&["--tick-interval", "200ms", "--ping-interval", "1m"]);
+    let mut client = SseClient::connect(server.addr, "/", &[("Last-Event-ID", "41")]);
+    let events = client.events(3, 10 * SECOND);
+    let ids: Vec<u64> = events.iter().map(SseEvent::id_number).collect();
+    assert_eq!(ids, [42, 43, 44], "{events:?}");
+    assert!(
+        String::from_utf8_lossy(&client.received).starts_with(&demo_event(42)),
+        "{:?}",
+        String::from_utf8_lossy(&client.received)
+    );
+    // Every connection counts on its own.
+    let mut fresh = SseClient::connect(server.addr, "/", &[]);
+    assert_eq!(fresh.events(1, 10 * SECOND)[0].id.as_deref(), Some("1"));
+}
+
+#[test]
+fn streams_send_their_headers_at_once() {
+    let server = TestServer::start(&["--tick-interval", "1m", "--ping-interval", "1m"]);
+    // `/events` has nothing to send, so the head must come on its own.
+    for path in ["/", "/events"] {
+        let started = Instant::now();
+        let client = SseClient::connect(server.addr, path, &[]);
+        let waited = started.elapsed();
+        assert!(waited < 5 * SECOND, "{path}: head after {waited:?}");
+        assert!(
+            client.head.starts_with("HTTP/1.1 200 "),
+            "{path}: {}",
+            client.head
+        );
+        let want = [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache"),
+            ("X-Accel-Buffering", "no"),
+        ];
+        for (name, value) in want {
+            assert_eq!(
+                client.header(name).as_deref(),
+                Some(value),
+                "{path}: {}",
+                client.head
+            );
+        }
+        // The body is the raw stream: neither a length nor chunking.
+        assert_eq!(client.header("Content-Length"), None, "{}", client.head);
+        assert_eq!(client.header("Transfer-Encoding"), None, "{}", client.head);
+        assert_eq!(
+            client.header("Access-Control-Allow-Origin"),
+            None,
+            "{}",
+            client.head
+        );
+    }
+
+    let cors = TestServer::start(&["--cors-origin", "https://app.example", "--ping-interval", "1m"]);
+    for path in ["/", "/events"] {
+        let client = SseClient::connect(cors.addr, path, &[("Origin", "https://app.example")]);
+        assert_eq!(
+            client.header("Access-Control-Allow-Origin").as_deref(),
+            Some("https://app.example"),
+            "{path}: {}",
+            client.head
+        );
+    }
+}
+
+#[test]
+fn threads_and_descriptors_are_released_after_clients_leave() {
+    const CLIENTS: usize = 100;
+    // Short intervals: a stream learns that its client left at its next writes.
+    let server = TestServer::start(&[
+        "--tick-interval",
+        "200ms",
+        "--ping-interval",
+        "300ms",
+        "--log",
+        "info",
+    ]);
+    assert_eq!(get(server.addr, "/health").status, 200);
+    let threads_before = server.threads();
+    let fds_before = server.fds();
+
+    let mut clients: Vec<SseClient> = (0..CLIENTS)
+        .map(|_| SseClient::connect(server.addr, "/", &[]))
+        .collect();
+    for (n, client) in clients.iter_mut().enumerate() {
+        let first = client.next_block(10 * SECOND);
+        assert_eq!(first.as_deref(), Some(demo_event(1).trim_end()), "client {n}");
+    }
+    let threads_open = server.threads();
+    assert!(
+        threads_open >= threads_before + CLIENTS,
+        "one thread per stream: {threads_before} threads before, {threads_open} with {CLIENTS} streams"
+    );
+    assert!(
+        wait_until(10 * SECOND, || open_streams(server.addr) == CLIENTS as u64),
+        "health: {:?}",
+        get(server.addr, "/health").body
+    );
+
+    drop(clients);
+    // tiny_http's idle pool threads linger 5 s after a burst.
+    let released = wait_until(15 * SECOND, || {
+        server.threads() <= threads_before && server.fds() <= fds_before
+    });
+    assert!(
+        released,
+        "after {CLIENTS} clients left: {} threads (before: {threads_before}), {} fds (before: {fds_before}); threads: {:?}",
+        server.threads(),
+        server.fds(),
+        server.thread_names()
+    );
+    assert_eq!(open_streams(server.addr), 0);
+    // The log is read from the server's stderr by another thread: wait.
+    assert!(
+        wait_until(5 * SECOND, || server.logs().matches("stream closed").count()
+            == CLIENTS),
+        "one close line per stream:\n{}",
+        server.logs()
+    );
+}
+
+#[test]
+fn accepts_connections_after_being_idle() {
+    // Accepted sockets inherit a short read timeout (2 s) from the listener,
+    // and so does accept(): the server must still accept after a quiet spell.
+    let server = TestServer::start(&[]);
+    std::thread::sleep(Duration::from_millis(5000)); // the idleness under test
+    let started = Instant::now();
+    let response = get(server.addr, "/health");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(
+        started.elapsed() < 5 * SECOND,
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn unknown_paths_get_404_and_wrong_methods_405_in_json() {
+    let server = TestServer::start(&[]);
+    let error_of = |response: &HttpResponse| -> String {
+        assert_eq!(
+            response.header("Content-Type").as_deref(),
+            Some("application/json"),
+            "{response:?}"
+        );
+        let body = response.json();
+        assert_eq!(
+            body.as_object().map(|o| o.len()),
+            Some(1),
+            "only 'error': {response:?}"
+        );
+        body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error text: {response:?}"))
+            .to_string()
+    };
+
+    for path in ["/nope", "/events/", "/index.html", "/publish/x"] {
+        let response = get(server.addr, path);
+        assert_eq!(response.status, 404, "GET {path}: {response:?}");
+        let error = error_of(&response);
+        assert!(error.contains(path), "404 names the path: {error}");
+    }
+
+    let cases = [
+        ("POST", "/", "GET"),
+        ("DELETE", "/events", "GET"),
+        ("GET", "/publish", "POST"),
+        ("PUT", "/publish", "POST"),
+        ("POST", "/health", "GET"),
+    ];
+    for (method, path, allowed) in cases {
+        let response = http(server.addr, method, path, &[], b"");
+        assert_eq!(response.status, 405, "{method} {path}: {response:?}");
+        let allow = response
+            .header("Allow")
+            .unwrap_or_else(|| panic!("{method} {path}: no Allow: {response:?}"));
+        let methods: Vec<&str> = allow.split(',').map(str::trim).collect();
+        assert!(methods.contains(&allowed), "{method} {path}: Allow: {allow}");
+        assert!(!methods.contains(&method), "{method} {path}: Allow: {allow}");
+        let error = error_of(&response);
+        assert!(error.contains(method), "405 names the method: {error}");
+    }
+}
+
+#[test]
+fn health_reports_status_version_uptime_and_streams() {
+    let server = TestServer::start(&["--ping-interval", "300ms"]);
+    let response = get(server.addr, "/health");
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(
+        response.header("Content-Type").as_deref(),
+        Some("application/json")
+    );
+    let body = response.json();
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"), "{body}");
+    assert!(body["uptime_seconds"].is_number(), "{body}");
+    assert_eq!(body["open_streams"], 0, "{body}");
+
+    let demo = SseClient::connect(server.addr, "/", &[]);
+    let events = SseClient::connect(server.addr, "/events", &[]);
+    assert!(
+        wait_until(10 * SECOND, || open_streams(server.addr) == 2),
+        "two streams open: {}",
+        get(server.addr, "/health").body
+    );
+    drop((demo, events));
+    assert!(
+        wait_until(10 * SECOND, || open_streams(server.addr) == 0),
+        "streams closed: {}",
+        get(server.addr, "/health").body
+    );
+}
+
+#[test]
+fn sigterm_with_streams_open_ends_them_and_exits_zero_within_2s() {
+    for signal in ["TERM", "INT"] {
+        let mut server = TestServer::start(&["--tick-interval", "1m", "--ping-interval", "1m"]);
+        let mut clients: Vec<SseClient> = (0..5)
+            .map(|n| SseClient::connect(server.addr, if n % 2 == 0 { "/" } else { "/events" }, &[]))
+            .collect();
+        assert!(wait_until(10 * SECOND, || open_streams(server.addr) == 5));
+        let started = Instant::now();
+        server.signal(signal);
+        let status = server.wait_exit(Duration::from_secs(5));
+        let took = started.elapsed();
+        let status = status.unwrap_or_else(|| panic!("SIG{signal}: still running; logs:\n{}", server.logs()));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIG{signal}: {status:?}; logs:\n{}",
+            server.logs()
+        );
+        assert!(
+            took < 2 * SECOND,
+            "SIG{signal}: exit took {took:?}; logs:\n{}",
+            server.logs()
+        );
+        for (n, client) in clients.iter_mut().enumerate() {
+            assert!(client.closed_within(SECOND), "SIG{signal}: stream {n} not ended");
+        }
+    }
+}
+
+#[test]
+fn help_lists_every_option_with_its_default() {
+    let run = run_binary(&["--help"], &[], 10 * SECOND);
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let defaults = [
+        ("--host", "127.0.0.1"),
+        ("--port", "8000"),
+        ("--tick-interval", "5s"),
+        ("--ping-interval", "15s"),
+        ("--history", "1000"),
+        ("--queue-size", "256"),
+        ("--max-connections", "10000"),
+        ("--max-channels", "10000"),
+        ("--write-timeout", "10s"),
+        ("--max-body", "64"),
+        ("--publish-token", ""),
+        ("--cors-origin", ""),
+        ("--retry", ""),
+        ("--log", ""),
+    ];
+    for (flag, default) in defaults {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{flag} ")))
+            .unwrap_or_else(|| panic!("{flag} missing from --help:\n{}", run.stdout));
+        assert!(
+            line.contains(&format!("[default: {default}")),
+            "{flag} default {default}: {line}"
+        );
+        let env = format!("TINYSSE_{}", flag[2..].replace('-', "_").to_uppercase());
+        assert!(line.contains(&env), "{flag} names {env}: {line}");
+    }
+}
+
+#[test]
+fn bad_option_values_exit_2_with_a_clear_message() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 5] = [
+        (
+            &["--ping-interval", "5parsecs"],
+            &[],
+            &["--ping-interval", "5parsecs"],
+        ),
+        (&["--port", "http"], &[], &["--port", "http"]),
+        (&["--tick-interval", "1.5s"], &[], &["--tick-interval", "1.5s"]),
+        (
+            &[],
+            &[("TINYSSE_WRITE_TIMEOUT", "soon")],
+            &["TINYSSE_WRITE_TIMEOUT", "soon"],
+        ),
+        (&["--no-such-option"], &[], &["--no-such-option"]),
+    ];
+    for (args, env, mentions) in cases {
+        let mut full = vec!["--port", "0"];
+        full.extend_from_slice(args);
+        let run = run_binary(&full, env, 10 * SECOND);
+        assert_eq!(run.status.code(), Some(2), "{args:?} {env:?}: {run:?}");
+        for word in mentions {
+            assert!(
+                run.stderr.contains(word),
+                "{args:?} {env:?}: message should name {word:?}: {run:?}"
+            );
+        }
+        assert!(!run.stdout.contains("listening"), "{args:?}: {run:?}");
+    }
+}
+
+#[test]
+fn options_come_from_the_environment_too() {
+    let server = TestServer::start_with_env(
+        &[],
+        &[
+            ("TINYSSE_TICK_INTERVAL", "200ms"),
+            ("TINYSSE_PING_INTERVAL", "2m"),
+        ],
+    );
+    let mut client = SseClient::connect(server.addr, "/", &[]);
+    // With the default 5 s tick, three events would take 10 s.
+    let started = Instant::now();
+    let events = client.events(3, 20 * SECOND);
+    assert_eq!(events[2].id.as_deref(), Some("3"), "{events:?}");
+    assert!(
+        started.elapsed() < 4 * SECOND,
+        "3 events took {:?}",
+        started.elapsed()
+    );
+}

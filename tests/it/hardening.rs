@@ -1,0 +1,361 @@
+//! Limits, hostile input and faults: the server keeps working and loses
+//! nothing (issue 4).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+
+use super::support::*;
+
+const LONG: Duration = Duration::from_secs(15);
+
+/// Waits until `n` streams are open according to `/health`.
+fn wait_open_streams(server: &TestServer, n: u64) {
+    let ok = wait_until(LONG, || get(server.addr, "/health").json()["open_streams"] == n);
+    assert!(
+        ok,
+        "open_streams never reached {n}: {}",
+        get(server.addr, "/health").body
+    );
+}
+
+/// Reads until EOF or error; true when the server closed the connection
+/// within `timeout`.
+fn closed_by_server(stream: &mut TcpStream, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn one_stream_over_the_cap_gets_503_and_the_others_go_on() {
+    let server = TestServer::start(&["--max-connections", "3", "--tick-interval", "0"]);
+    let mut open: Vec<SseClient> = (0..3)
+        .map(|_| SseClient::connect(server.addr, "/events?channel=cap", &[]))
+        .collect();
+    wait_open_streams(&server, 3);
+    let refused = http(server.addr, "GET", "/events?channel=cap", &[], b"");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.header("Retry-After").is_some(), "{}", refused.head);
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("max-connections"));
+    let demo = http(server.addr, "GET", "/", &[], b"");
+    assert_eq!(demo.status, 503, "the demo stream counts too");
+    let id = publish(server.addr, "cap", "still here");
+    for client in &mut open {
+        let event = client
+            .next_event(LONG)
+            .expect("the open streams still get events");
+        assert_eq!((event.id_number(), event.data.as_str()), (id, "still here"));
+    }
+    drop(open.pop());
+    // one slot frees up once the server notices the client left
+    let ok = wait_until(LONG, || {
+        publish(server.addr, "cap", "poke");
+        get(server.addr, "/health").json()["open_streams"] == 2
+    });
+    assert!(ok, "slot never freed");
+    let mut again = SseClient::connect(server.addr, "/events?channel=cap", &[]);
+    assert_eq!(again.status(), 200, "{}", again.head);
+    let id = publish(server.addr, "cap", "welcome back");
+    assert_eq!(again.next_event(LONG).map(|e| e.id_number()), Some(id));
+}
+
+#[test]
+fn the_open_files_limit_is_raised_and_logged() {
+    let server = TestServer::start(&[]);
+    assert!(
+        wait_until(LONG, || server.logs().contains("open files limit: ")),
+        "{}",
+        server.logs()
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(
+        numbers[0], numbers[1],
+        "soft limit raised to the hard one: {line}"
+    );
+}
+
+#[test]
+fn unfinished_request_heads_are_closed_while_health_answers() {
+    let server = TestServer::start(&[]);
+    let mut stalled: Vec<TcpStream> = (0..200)
+        .map(|i| {
+            let mut s = TcpStream::connect(server.addr).expect("connect");
+            let partial = if i % 2 == 0 {
+                "GET /events HTTP/1.1\r\nHost: x\r\n"
+            } else {
+                "POST /publ"
+            };
+            s.write_all(partial.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let health = get(server.addr, "/health");
+    let took = started.elapsed();
+    assert_eq!(health.status, 200);
+    assert!(
+        took < Duration::from_secs(1),
+        "/health took {took:?} beside 200 stalled heads"
+    );
+    for (i, s) in stalled.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(s, Duration::from_secs(12)),
+            "stalled connection {i} still open"
+        );
+    }
+    assert_eq!(get(server.addr, "/health").status, 200);
+}
+
+#[test]
+fn garbage_and_huge_heads_do_not_hurt() {
+    let server = TestServer::start(&[]);
+    let garbage: [&[u8]; 6] = [
+        b"\x00\x01\x02\x03\xff\xfe\r\n\r\n",
+        b"HELLO\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"\r\n\r\n\r\n",
+    ];
+    for i in 0..300 {
+        let mut s = TcpStream::connect(server.addr).expect("connect");
+        let _ = s.write_all(garbage[i % garbage.len()]);
+        let mut answer = Vec::new();
+        s.set_read_timeout(Some(LONG)).unwrap();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 505"),
+            "garbage {i} got {text:?}"
+        );
+    }
+    let big = "x".repeat(200 * 1024);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let request = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let _ = s.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || text.starts_with("HTTP/1.1 431"), "{text:?}");
+    let health = get(server.addr, "/health");
+    assert_eq!(health.status, 200, "server survived: {health:?}");
+    assert!(wait_until(Duration::from_secs(5), || server.pid() > 0
+        && get(server.addr, "/health").status == 200));
+}
+
+#[test]
+fn http_1_0_clients_get_a_plain_stream_that_ends_with_the_connection() {
+    let mut server = TestServer::start(&["--tick-interval", "100ms"]);
+    let mut client = SseClient::connect_version(server.addr, "/", &[], "HTTP/1.0");
+    assert!(client.head.starts_with("HTTP/1.0 200 OK\r\n"), "{}", client.head);
+    assert!(
+        client.header("Transfer-Encoding").is_none(),
+        "no chunking: {}",
+        client.head
+    );
+    assert!(client.header("Content-Length").is_none(), "{}", client.head);
+    let events = client.events(3, LONG);
+    let ids: Vec<u64> = events.iter().map(SseEvent::id_number).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    let mut channel = SseClient::connect_version(server.addr, "/events?channel=old", &[], "HTTP/1.0");
+    assert!(
+        channel.head.starts_with("HTTP/1.0 200 OK\r\n"),
+        "{}",
+        channel.head
+    );
+    wait_open_streams(&server, 2);
+    let id = publish(server.addr, "old", "for an old client");
+    assert_eq!(channel.next_event(LONG).map(|e| e.id_number()), Some(id));
+    server.signal("TERM");
+    assert!(
+        client.closed_within(LONG),
+        "the stream ends when the server closes it"
+    );
+    assert!(channel.closed_within(LONG));
+    assert!(server.wait_exit(LONG).is_some_and(|s| s.success()));
+}
+
+#[test]
+fn abrupt_disconnects_leave_no_thread_or_descriptor_behind() {
+    let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "200ms"]);
+    let settle = |what: &str, read: &dyn Fn() -> usize| {
+        let mut last = read();
+        // a baseline is a value that holds still for a while (tiny_http's
+        // idle pool threads end 5 s after their last connection)
+        let steady = wait_until(Duration::from_secs(20), || {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = read();
+            let same = now == last;
+            last = now;
+            same
+        });
+        assert!(steady, "{what} never settled");
+        last
+    };
+    let _ = get(server.addr, "/health");
+    let threads_before = settle("threads", &|| server.threads());
+    let fds_before = server.fds();
+    let clients: Vec<SseClient> = (0..200)
+        .map(|i| SseClient::connect(server.addr, &format!("/events?channel=rst{}", i % 7), &[]))
+        .collect();
+    wait_open_streams(&server, 200);
+    assert!(server.threads() >= threads_before + 200, "a thread per stream");
+    for client in clients {
+        SockRef::from(client.socket())
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client); // RST
+    }
+    wait_open_streams(&server, 0);
+    let threads_back = wait_until(Duration::from_secs(20), || server.threads() <= threads_before);
+    assert!(
+        threads_back,
+        "threads: before {threads_before}, now {}",
+        server.threads()
+    );
+    let fds_back = wait_until(Duration::from_secs(20), || server.fds() <= fds_before);
+    assert!(fds_back, "fds: before {fds_before}, now {}", server.fds());
+    let metrics = get(server.addr, "/metrics").body;
+    assert!(
+        metrics.contains("tinysse_disconnects_total{reason=\"client_left\"} 200"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_panic_ends_one_connection_and_the_server_goes_on() {
+    let server = TestServer::start_with_env(&["--tick-interval", "0"], &[("TINYSSE_FAULTS", "1")]);
+    let mut healthy = SseClient::connect(server.addr, "/events?channel=fine", &[]);
+    let mut doomed = SseClient::connect(server.addr, "/events?channel=fault.panic-stream", &[]);
+    assert!(doomed.closed_within(LONG), "the panicking stream is closed");
+    let answer = http(
+        server.addr,
+        "POST",
+        "/publish?channel=fault.panic-publish",
+        &[],
+        b"x",
+    );
+    assert_eq!(
+        answer.status, 500,
+        "a panicking publish gets an error answer: {answer:?}"
+    );
+    let id = publish(server.addr, "fine", "still serving");
+    assert_eq!(healthy.next_event(LONG).map(|e| e.id_number()), Some(id));
+    assert!(
+        wait_until(LONG, || server.logs().contains("panicked")),
+        "the panic is logged: {}",
+        server.logs()
+    );
+    let metrics = get(server.addr, "/metrics").body;
+    assert!(
+        metrics.contains("tinysse_disconnects_total{reason=\"error\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn shutdown_delivers_every_accepted_event_to_every_subscriber() {
+    let mut server = TestServer::start(&["--tick-interval", "0"]);
+    let mut subscribers: Vec<SseClient> = (0..5)
+        .map(|_| SseClient::connect(server.addr, "/events?channel=last", &[]))
+        .collect();
+    wait_open_streams(&server, 5);
+    let ids: Vec<u64> = (0..100)
+        .map(|i| publish(server.addr, "last", &format!("event {i}")))
+        .collect();
+    let signalled = Instant::now();
+    server.signal("TERM");
+    for (n, subscriber) in subscribers.iter_mut().enumerate() {
+        assert!(subscriber.closed_within(LONG), "subscriber {n}: stream not ended");
+        let text = String::from_utf8_lossy(&subscriber.received).into_owned();
+        let got: Vec<u64> = text
+            .split("\n\n")
+            .filter_map(parse_event)
+            .map(|e| e.id_number())
+            .collect();
+        assert_eq!(got, ids, "subscriber {n} got {} of 100", got.len());
+    }
+    let status = server.wait_exit(Duration::from_secs(5)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        signalled.elapsed()
+    );
+}
+
+#[test]
+fn connections_are_accepted_after_idle_periods_longer_than_the_read_timeout() {
+    // Accepted sockets inherit the listener's read timeout, and so does
+    // accept(): the keep-awake thread must stop tiny_http's acceptor from
+    // timing out while nobody connects.
+    let server = TestServer::start(&[]);
+    for round in 0..2 {
+        // Idling is the point of this test: nothing to wait for but time.
+        std::thread::sleep(Duration::from_millis(3200));
+        let started = Instant::now();
+        let health = get(server.addr, "/health");
+        assert_eq!(health.status, 200, "round {round}: {health:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round {round}: {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(!server.logs().contains("acceptor stopped"), "{}", server.logs());
+}
+
+#[test]
+fn requests_pipelined_behind_a_stream_do_not_stall_the_server() {
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    // A stream, then requests on the same connection: tiny_http cannot answer
+    // them before the stream ends, and nothing else may wait for that.
+    let pipelined = "GET /events?channel=pipe HTTP/1.1\r\nHost: x\r\n\r\n\
+                     GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
+                     POST /publish?channel=pipe HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx";
+    stream.write_all(pipelined.as_bytes()).unwrap();
+    wait_open_streams(&server, 1);
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(get(server.addr, "/health").status, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let mut other = SseClient::connect(server.addr, "/events?channel=pipe", &[]);
+    wait_open_streams(&server, 2);
+    let id = publish(server.addr, "pipe", "after the pipeline");
+    let event = other.next_event(LONG).expect("the server still delivers");
+    assert_eq!(event.id_number(), id);
+}
