@@ -27,7 +27,7 @@
 //! keys); each event is stored twice (feed and channel stream); a publish
 //! that Redis received but did not confirm is answered `503` and may come
 //! twice if the client retries; a back-fill waits for Redis on the dispatch
-//! loop (at most the command timeout, 2 s, if Redis hangs); after a Redis
+//! loop (0.5 s per step at most, if Redis hangs); after a Redis
 //! restart without persistence ids keep growing thanks to the clock and to
 //! the nodes raising `tinysse:last-id` again, unless Redis' clock went back.
 
@@ -55,12 +55,16 @@ pub const FEED_LEN: usize = 10_000;
 /// How long opening a connection to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long one command (other than the reader's blocking read) may take.
+/// How long a publish waits for Redis to answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a publish waits for its event to reach this node's broker, so
 /// that its streams have it when the `200` goes out.
 const APPLY_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a back-fill waits for Redis: it runs on the dispatch loop, which
+/// must not wait long for anything.
+const BACKFILL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Idle publish connections kept.
 const POOL_SIZE: usize = 8;
@@ -196,9 +200,16 @@ impl Shared {
         self.position.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a connection with the command timeouts set.
-    pub(crate) fn connect(&self, read_timeout: Duration) -> redis::RedisResult<redis::Connection> {
-        let con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    /// Opens a connection (within `timeout`, at most [`CONNECT_TIMEOUT`])
+    /// whose replies may take up to `read_timeout`.
+    pub(crate) fn connect(
+        &self,
+        timeout: Duration,
+        read_timeout: Duration,
+    ) -> redis::RedisResult<redis::Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(timeout.min(CONNECT_TIMEOUT))?;
         con.set_read_timeout(Some(read_timeout))?;
         con.set_write_timeout(Some(COMMAND_TIMEOUT))?;
         Ok(con)
@@ -217,12 +228,14 @@ impl Shared {
         }
     }
 
-    /// Runs `job` on a pooled connection (opening one if none is idle). A
+    /// Runs `job` on a pooled connection (opening one if none is idle),
+    /// waiting at most `timeout` for each reply. A
     /// connection that failed (not an error reply from Redis, after which it
     /// is still in step) is dropped, and the idle ones with it: they most
     /// likely broke the same way.
     fn with_connection<T>(
         &self,
+        timeout: Duration,
         job: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, BusError> {
         if !self.position().connected {
@@ -231,9 +244,9 @@ impl Shared {
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut con = match pooled {
             Some(con) => con,
-            None => self.connect(COMMAND_TIMEOUT).map_err(|e| self.unavailable(e))?,
+            None => self.connect(timeout, timeout).map_err(|e| self.unavailable(e))?,
         };
-        let outcome = job(&mut con);
+        let outcome = con.set_read_timeout(Some(timeout)).and_then(|()| job(&mut con));
         let in_step = match &outcome {
             Ok(_) => true,
             Err(e) => e.code().is_some(),
@@ -250,7 +263,7 @@ impl Shared {
             if e.is_timeout() {
                 BusError::NoAnswer {
                     server: self.server.clone(),
-                    waited: COMMAND_TIMEOUT,
+                    waited: timeout,
                 }
             } else {
                 self.unavailable(e)
@@ -365,7 +378,7 @@ impl RedisBus {
         }
         let floor = self.shared.broker.last_id();
         let key = channel_key(channel);
-        let text: String = self.shared.with_connection(|con| {
+        let text: String = self.shared.with_connection(COMMAND_TIMEOUT, |con| {
             self.shared
                 .publish_script
                 .key(LAST_ID_KEY)
@@ -441,7 +454,10 @@ impl RedisBus {
                 .arg("COUNT")
                 .arg(self.history);
         }
-        let replies: Vec<Value> = match self.shared.with_connection(|con| pipe.query(con)) {
+        let replies: Vec<Value> = match self
+            .shared
+            .with_connection(BACKFILL_TIMEOUT, |con| pipe.query(con))
+        {
             Ok(replies) => replies,
             Err(e) => {
                 log::warn!("replay from this node's memory only: {e}");

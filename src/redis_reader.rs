@@ -71,7 +71,7 @@ pub(crate) fn run(shared: &Shared, stop_rx: &Receiver<()>) {
     let mut attempts: u64 = 0;
     loop {
         let outcome = shared
-            .connect(READ_TIMEOUT)
+            .connect(READ_TIMEOUT, READ_TIMEOUT)
             .and_then(|mut con| session(shared, &mut con, &mut cursor, &mut backoff, stop_rx));
         let error = match outcome {
             Ok(()) => break,
