@@ -22,6 +22,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::broker::{BrokerError, EventId};
 use crate::publish::{self, PublishError};
+use crate::redis_bus::BusError;
 use crate::server::App;
 use crate::stats::CloseReason;
 use crate::stream::{self, Source, Stream};
@@ -74,6 +75,19 @@ impl From<PublishError> for ApiError {
             _ => 400,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(e: BusError) -> Self {
+        let message = match e {
+            BusError::Broker(e) => return e.into(),
+            e @ BusError::NoAnswer { .. } => {
+                format!("{e}; the event may or may not be stored, retry later (it may then come twice)")
+            }
+            e => format!("{e}; the event was not stored, retry later"),
+        };
+        ApiError::new(503, message).with_header("Retry-After", "1")
     }
 }
 
@@ -248,12 +262,19 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
             ),
         },
         Plain::Health => {
-            let body = json!({
+            let mut body = json!({
                 "status": if app.is_stopping() { "stopping" } else { "ok" },
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_seconds": app.stats.uptime_seconds(),
                 "open_streams": app.stats.open_streams(),
             });
+            if let Some(bus) = &app.redis {
+                body["redis"] = json!(if bus.is_connected() {
+                    "connected"
+                } else {
+                    "disconnected"
+                });
+            }
             respond_json(app, request, 200, &body);
         }
         Plain::Metrics => {
@@ -338,6 +359,9 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
             .filter(|(k, _)| k == "channel")
             .map(|(_, v)| v.into_owned())
             .collect();
+        if let (Some(bus), Some(after)) = (&app.redis, last_id) {
+            bus.backfill(&names, after);
+        }
         match app.broker.subscribe(&names, last_id) {
             Ok(subscription) => {
                 let channels = subscription.channels().join(",");
@@ -428,9 +452,12 @@ fn publish_request(app: &App, request: &mut Request, query: &str) -> Result<serd
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);
-    let published = app
-        .broker
-        .publish(&event.channel, event.event.as_deref(), &event.data)?;
+    let published = match &app.redis {
+        Some(bus) => bus.publish(&event.channel, event.event.as_deref(), &event.data)?,
+        None => app
+            .broker
+            .publish(&event.channel, event.event.as_deref(), &event.data)?,
+    };
     app.stats.count_published();
     log::debug!(
         "published id={} channel={} subscribers={}",

@@ -21,6 +21,7 @@
 //! - [`publish`]: publish bodies;
 //! - [`metrics`] and [`stats`]: counters and their exposition;
 //! - [`listener`]: the listening socket's options;
+//! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
 //! - [`logger`]: log lines on stderr;
 //! - [`fault`]: fault injection for the tests (debug builds only).
@@ -37,6 +38,9 @@ pub mod listener;
 pub mod logger;
 pub mod metrics;
 pub mod publish;
+pub mod redis_bus;
+mod redis_reader;
+mod redis_reply;
 pub mod server;
 pub mod stats;
 pub mod stream;

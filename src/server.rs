@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::Config;
 use crate::listener::{self, KeepAwake};
+use crate::redis_bus::{BusError, RedisBus};
 use crate::stats::Stats;
 use crate::stream::StreamSettings;
 
@@ -23,12 +24,17 @@ use crate::stream::StreamSettings;
 /// to exit within the spec's 2 s.
 const STOP_DEADLINE: Duration = Duration::from_millis(1700);
 
+/// How long start-up waits for Redis (with `--redis`) before serving anyway.
+const REDIS_START_WAIT: Duration = Duration::from_secs(2);
+
 /// What every thread of a server shares.
 pub struct App {
     /// The validated options.
     pub config: Config,
     /// Channels and subscribers.
     pub broker: Arc<Broker>,
+    /// The link to Redis when channels are shared between nodes (`--redis`).
+    pub redis: Option<RedisBus>,
     /// Counters.
     pub stats: Arc<Stats>,
     /// What every stream needs to know.
@@ -91,6 +97,8 @@ pub enum StartError {
     },
     /// A thread could not be started.
     Thread(std::io::Error),
+    /// The `--redis` URL cannot be used.
+    Redis(BusError),
 }
 
 impl std::fmt::Display for StartError {
@@ -98,6 +106,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Bind { address, source } => write!(f, "cannot listen on {address}: {source}"),
             StartError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            StartError::Redis(e) => e.fmt(f),
         }
     }
 }
@@ -130,6 +139,12 @@ impl Server {
             queue_size: config.queue_size,
             max_channels: config.max_channels,
         });
+        let redis = match &config.redis {
+            Some(url) => {
+                Some(RedisBus::start(url, Arc::clone(&broker), REDIS_START_WAIT).map_err(StartError::Redis)?)
+            }
+            None => None,
+        };
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
         let (overflow_tx, overflow_rx) = crossbeam_channel::unbounded();
         let cors_origin = config.cors_origin.clone();
@@ -146,6 +161,7 @@ impl Server {
             },
             config,
             broker,
+            redis,
             stats: Arc::new(Stats::default()),
             shutdown_rx,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),

@@ -9,3 +9,4 @@ mod cors;
 mod hardening;
 mod logging;
 mod metrics;
+mod redis;

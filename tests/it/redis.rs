@@ -1,0 +1,559 @@
+//! Several nodes sharing channels through Redis (`--redis`).
+//!
+//! Each test starts its own `redis-server` on a free loopback port, without
+//! persistence. Without `redis-server` installed a test says it skipped and
+//! passes, unless `TINYSSE_REQUIRE_REDIS=1` (CI) makes that a failure.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::support::*;
+
+/// A `redis-server` started for one test, killed when dropped.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts one on a free port, or returns `None` (the test then skips)
+    /// when `redis-server` is not installed and Redis is not required.
+    fn start_or_skip(test: &str) -> Option<RedisServer> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !installed {
+            if std::env::var("TINYSSE_REQUIRE_REDIS").as_deref() == Ok("1") {
+                panic!("{test}: redis-server is not installed and TINYSSE_REQUIRE_REDIS=1");
+            }
+            // Straight to stderr, past the test harness's capture, so that
+            // the skip shows in the output of a passing run.
+            let _ = writeln!(std::io::stderr(), "skipped {test}: redis-server is not installed");
+            return None;
+        }
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut redis = RedisServer { child: None, port };
+            if redis.spawn() {
+                return Some(redis);
+            }
+        }
+        panic!("{test}: redis-server did not start on any of 5 free ports");
+    }
+
+    /// Starts the process on `self.port`; true once it answers PING.
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        // Ours answers PING; if it exited (the port was taken), whatever
+        // answers is not ours.
+        let mut exited = false;
+        let answered = wait_until(Duration::from_secs(10), || {
+            exited = self
+                .child
+                .as_mut()
+                .map_or(true, |c| !matches!(c.try_wait(), Ok(None)));
+            exited
+                || self
+                    .try_command(&["PING"])
+                    .is_some_and(|r| r.starts_with("+PONG"))
+        });
+        let up = answered && !exited;
+        if !up {
+            self.kill();
+        }
+        up
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills it at once (SIGKILL: no chance to save or say goodbye).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to it.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Starts it again on the same port, empty.
+    fn restart(&mut self) {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.spawn()),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// Sends one command and returns the first line of the reply.
+    fn try_command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => reply.push(byte[0]),
+                _ => return None,
+            }
+        }
+        Some(String::from_utf8_lossy(&reply).into_owned())
+    }
+
+    fn command(&self, args: &[&str]) -> String {
+        self.try_command(args)
+            .unwrap_or_else(|| panic!("redis on port {} did not answer {args:?}", self.port))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a node on `redis` and waits until it is connected.
+fn node(redis: &RedisServer, extra: &[&str]) -> TestServer {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--tick-interval", "0"];
+    args.extend_from_slice(extra);
+    let server = TestServer::start(&args);
+    assert!(
+        wait_until(Duration::from_secs(10), || redis_state(server.addr)
+            == "connected"),
+        "node never connected to redis; logs:\n{}",
+        server.logs()
+    );
+    server
+}
+
+/// The `redis` field of `/health`.
+fn redis_state(addr: SocketAddr) -> String {
+    get(addr, "/health").json()["redis"]
+        .as_str()
+        .unwrap_or("absent")
+        .to_string()
+}
+
+/// A raw publish, whatever the answer.
+fn try_publish(addr: SocketAddr, channel: &str, data: &str) -> HttpResponse {
+    http(
+        addr,
+        "POST",
+        &format!("/publish?channel={channel}"),
+        &[],
+        data.as_bytes(),
+    )
+}
+
+fn id_of(response: &HttpResponse) -> u64 {
+    response.json()["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {:?}", response.body))
+}
+
+fn ids(events: &[SseEvent]) -> Vec<u64> {
+    events.iter().map(SseEvent::id_number).collect()
+}
+
+#[test]
+fn publish_on_b_reaches_a_with_the_same_id() {
+    let Some(redis) = RedisServer::start_or_skip("publish_on_b_reaches_a_with_the_same_id") else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut on_a = SseClient::connect(a.addr, "/events?channel=news", &[]);
+    let mut on_b = SseClient::connect(b.addr, "/events?channel=news", &[]);
+    assert_eq!(on_a.status(), 200, "{}", on_a.head);
+
+    let body = br#"{"channel": "news", "event": "update", "data": "line 1\nline 2"}"#;
+    let response = http(
+        b.addr,
+        "POST",
+        "/publish",
+        &[("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    let id = id_of(&response);
+    assert_eq!(response.json()["subscribers"], 1, "one stream on B itself");
+
+    let expected = SseEvent {
+        id: Some(id.to_string()),
+        event: Some("update".into()),
+        data: "line 1\nline 2".into(),
+    };
+    let got_a = on_a.next_event(Duration::from_secs(10));
+    assert_eq!(got_a.as_ref(), Some(&expected), "on A; A's logs:\n{}", a.logs());
+    assert_eq!(on_b.next_event(Duration::from_secs(10)), Some(expected));
+
+    // Bad input is still refused before Redis is asked.
+    assert_eq!(try_publish(b.addr, "bad%20name", "x").status, 400);
+    let next = publish(a.addr, "news", "from A");
+    assert!(next > id, "ids grow across nodes: {next} after {id}");
+    assert_eq!(
+        on_b.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(next)
+    );
+}
+
+#[test]
+fn two_publishers_on_two_nodes_are_seen_in_one_order_everywhere() {
+    let Some(redis) =
+        RedisServer::start_or_skip("two_publishers_on_two_nodes_are_seen_in_one_order_everywhere")
+    else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let path = "/events?channel=p&channel=q";
+    let mut clients = [
+        SseClient::connect(a.addr, path, &[]),
+        SseClient::connect(a.addr, path, &[]),
+        SseClient::connect(b.addr, path, &[]),
+        SseClient::connect(b.addr, path, &[]),
+    ];
+    let mut published: Vec<u64> = std::thread::scope(|s| {
+        let publishers: Vec<_> = [(a.addr, "p"), (b.addr, "q")]
+            .into_iter()
+            .map(|(addr, channel)| {
+                s.spawn(move || {
+                    (0..100)
+                        .map(|i| publish(addr, channel, &format!("{channel}-{i}")))
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        publishers
+            .into_iter()
+            .flat_map(|p| p.join().expect("a publisher thread"))
+            .collect()
+    });
+    published.sort_unstable();
+    published.dedup();
+    assert_eq!(published.len(), 200, "200 distinct ids");
+
+    let seen: Vec<Vec<SseEvent>> = clients
+        .iter_mut()
+        .map(|c| c.events(200, Duration::from_secs(30)))
+        .collect();
+    let first = &seen[0];
+    assert_eq!(ids(first), published, "every event, in id order");
+    for (n, other) in seen.iter().enumerate().skip(1) {
+        assert_eq!(
+            other, first,
+            "subscriber {n} saw another sequence than subscriber 0"
+        );
+    }
+    for channel in ["p", "q"] {
+        let data: Vec<&str> = first
+            .iter()
+            .map(|e| e.data.as_str())
+            .filter(|d| d.starts_with(channel))
+            .collect();
+        let expected: Vec<String> = (0..100).map(|i| format!("{channel}-{i}")).collect();
+        assert_eq!(data, expected, "publisher {channel}'s events in its order");
+    }
+}
+
+#[test]
+fn replay_on_b_of_events_published_on_a() {
+    let Some(redis) = RedisServer::start_or_skip("replay_on_b_of_events_published_on_a") else {
+        return;
+    };
+    let a = node(&redis, &["--history", "100"]);
+    let b = node(&redis, &["--history", "100"]);
+    let mut published = Vec::new();
+    for i in 0..6 {
+        let channel = if i % 3 == 2 { "s" } else { "r" };
+        published.push((publish(a.addr, channel, &format!("{channel}{i}")), channel));
+    }
+    // B was running: it holds them. C starts after: it must fetch them.
+    let c = node(&redis, &["--history", "100"]);
+    let after = published[1].0;
+    let expected: Vec<u64> = published[2..].iter().map(|(id, _)| *id).collect();
+    let mut clients = Vec::new();
+    for (name, server) in [("B", &b), ("C", &c)] {
+        let last = after.to_string();
+        let mut client = SseClient::connect(
+            server.addr,
+            "/events?channel=r&channel=s",
+            &[("Last-Event-ID", &last)],
+        );
+        let got = client.events(expected.len(), Duration::from_secs(10));
+        assert_eq!(ids(&got), expected, "replay on {name}; logs:\n{}", server.logs());
+        assert_eq!(got[0].data, "s2");
+        clients.push(client);
+    }
+    // Nothing more, and live events follow.
+    let live = publish(a.addr, "r", "live");
+    for client in &mut clients {
+        assert_eq!(
+            client.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+            Some(live)
+        );
+    }
+    // A single channel replayed on C, by query parameter.
+    let mut client = SseClient::connect(
+        c.addr,
+        &format!("/events?channel=s&lastEventId={}", published[0].0),
+        &[],
+    );
+    let got = client.events(2, Duration::from_secs(10));
+    assert_eq!(ids(&got), vec![published[2].0, published[5].0]);
+}
+
+#[test]
+fn redis_restart_keeps_streams_open_and_loses_nothing() {
+    let Some(mut redis) = RedisServer::start_or_skip("redis_restart_keeps_streams_open_and_loses_nothing")
+    else {
+        return;
+    };
+    let a = node(&redis, &["--ping-interval", "300ms"]);
+    let b = node(&redis, &["--ping-interval", "300ms"]);
+    let nodes = [a.addr, b.addr];
+    let mut clients = [
+        SseClient::connect(a.addr, "/events?channel=k", &[]),
+        SseClient::connect(b.addr, "/events?channel=k", &[]),
+    ];
+    let mut accepted: Vec<u64> = (0..4)
+        .map(|i| publish(nodes[i % 2], "k", &format!("before {i}")))
+        .collect();
+    for client in &mut clients {
+        assert_eq!(ids(&client.events(4, Duration::from_secs(10))), accepted);
+    }
+
+    redis.kill();
+    for addr in nodes {
+        assert!(
+            wait_until(Duration::from_secs(10), || redis_state(addr) == "disconnected"),
+            "node {addr} did not notice that redis is gone"
+        );
+        let response = try_publish(addr, "k", "during the outage");
+        assert_eq!(response.status, 503, "{response:?}");
+        assert!(response.header("Retry-After").is_some(), "{response:?}");
+        let error = response.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains("redis") && error.contains("not stored"), "{error}");
+    }
+    for client in &mut clients {
+        let block = client.next_block(Duration::from_secs(5));
+        assert!(
+            block.as_deref().is_some_and(|b| b.starts_with(": ping")),
+            "the stream stays open with pings during the outage, got {block:?}"
+        );
+    }
+
+    // A sleeps through the restart: B stores events that A must still read
+    // from where it stopped, not from where Redis is when it wakes.
+    a.signal("STOP");
+    redis.restart();
+    let restarted = Instant::now();
+    for (n, addr) in [b.addr, a.addr].into_iter().enumerate() {
+        if n == 1 {
+            a.signal("CONT");
+        }
+        let mut statuses = Vec::new();
+        let stored = wait_until(Duration::from_secs(15), || {
+            let response = try_publish(addr, "k", &format!("after, on {addr}"));
+            statuses.push(response.status);
+            if response.status == 200 {
+                accepted.push(id_of(&response));
+            }
+            response.status == 200
+        });
+        assert!(stored, "publishing on {addr} never worked again: {statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 503),
+            "only 503 until it works: {statuses:?}"
+        );
+    }
+    for i in 0..4 {
+        accepted.push(publish(nodes[i % 2], "k", &format!("later {i}")));
+    }
+    for (n, client) in clients.iter_mut().enumerate() {
+        let after = client.events(accepted.len() - 4, Duration::from_secs(15));
+        assert!(restarted.elapsed() < Duration::from_secs(30));
+        assert_eq!(
+            ids(&after),
+            accepted[4..].to_vec(),
+            "client {n} after the restart"
+        );
+    }
+    assert!(
+        restarted.elapsed() < Duration::from_secs(15),
+        "delivery resumed only {:?} after the restart",
+        restarted.elapsed()
+    );
+    // A client reconnecting to either node replays across the outage: what
+    // was stored before it is still held by the nodes.
+    for addr in nodes {
+        let first = accepted[0].to_string();
+        let mut client = SseClient::connect(addr, "/events?channel=k", &[("Last-Event-ID", &first)]);
+        let got = client.events(accepted.len() - 1, Duration::from_secs(10));
+        assert_eq!(ids(&got), accepted[1..].to_vec(), "replay on {addr}");
+    }
+}
+
+#[test]
+fn a_node_away_while_the_feed_was_trimmed_catches_up_from_the_channel() {
+    let Some(redis) =
+        RedisServer::start_or_skip("a_node_away_while_the_feed_was_trimmed_catches_up_from_the_channel")
+    else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut on_a = SseClient::connect(a.addr, "/events?channel=t", &[]);
+    let first = publish(b.addr, "t", "seen live");
+    assert_eq!(
+        on_a.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(first)
+    );
+
+    // A sleeps while B publishes, and the feed loses all but its newest
+    // entry; then A's connection to Redis breaks.
+    a.signal("STOP");
+    let missed: Vec<u64> = (0..5)
+        .map(|i| publish(b.addr, "t", &format!("missed {i}")))
+        .collect();
+    assert_eq!(redis.command(&["XTRIM", "tinysse:feed", "MAXLEN", "1"]), ":5\r\n");
+    redis.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    a.signal("CONT");
+
+    let got = on_a.events(5, Duration::from_secs(15));
+    assert_eq!(ids(&got), missed, "A's logs:\n{}", a.logs());
+    assert!(a.logs().contains("caught up 4 events"), "{}", a.logs());
+}
+
+#[test]
+fn a_node_started_before_redis_serves_and_connects_later() {
+    let Some(mut redis) = RedisServer::start_or_skip("a_node_started_before_redis_serves_and_connects_later")
+    else {
+        return;
+    };
+    redis.kill();
+    let url = redis.url();
+    let a = TestServer::start(&["--redis", &url, "--tick-interval", "0"]);
+    assert_eq!(redis_state(a.addr), "disconnected");
+    assert_eq!(try_publish(a.addr, "late", "too early").status, 503);
+    let mut client = SseClient::connect(a.addr, "/events?channel=late", &[]);
+    assert_eq!(
+        client.status(),
+        200,
+        "streams open without redis: {}",
+        client.head
+    );
+
+    redis.restart();
+    assert!(
+        wait_until(Duration::from_secs(15), || redis_state(a.addr) == "connected"),
+        "never connected; logs:\n{}",
+        a.logs()
+    );
+    let id = publish(a.addr, "late", "now");
+    assert_eq!(
+        client.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(id)
+    );
+}
+
+#[test]
+fn a_hung_redis_gets_503_not_a_hung_node() {
+    let Some(redis) = RedisServer::start_or_skip("a_hung_redis_gets_503_not_a_hung_node") else {
+        return;
+    };
+    let a = node(&redis, &["--ping-interval", "300ms"]);
+    let mut client = SseClient::connect(a.addr, "/events?channel=h", &[]);
+    // A first publish leaves a connection in the pool: the next one is sent
+    // to Redis and gets no answer.
+    let first = publish(a.addr, "h", "first");
+    assert_eq!(
+        client.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(first)
+    );
+    redis.signal("STOP");
+    let started = Instant::now();
+    let addr = a.addr;
+    let publisher = std::thread::spawn(move || try_publish(addr, "h", "into the void"));
+    // Other requests are not held up meanwhile.
+    assert!(
+        wait_until(Duration::from_secs(5), || get(a.addr, "/health").status == 200
+            && !publisher.is_finished()),
+        "/health waited for the hung publish"
+    );
+    let response = publisher.join().expect("the publisher thread");
+    assert_eq!(response.status, 503, "{response:?}");
+    assert!(
+        response.body.contains("may or may not be stored"),
+        "{}",
+        response.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || redis_state(a.addr) == "disconnected"),
+        "the reader never noticed"
+    );
+    assert_eq!(try_publish(a.addr, "h", "still hung").status, 503);
+    let block = client.next_block(Duration::from_secs(5));
+    assert!(
+        block.as_deref().is_some_and(|b| b.starts_with(": ping")),
+        "{block:?}"
+    );
+
+    redis.signal("CONT");
+    assert!(
+        wait_until(Duration::from_secs(15), || redis_state(a.addr) == "connected"),
+        "never reconnected; logs:\n{}",
+        a.logs()
+    );
+    let id = publish(a.addr, "h", "back");
+    // The first publish may have run once Redis woke up: it was never
+    // confirmed, and whatever comes, comes in order and ends with ours.
+    let mut last = 0;
+    while last != id {
+        let event = client
+            .next_event(Duration::from_secs(10))
+            .expect("the event published after");
+        assert!(event.id_number() > last, "in order: {event:?} after {last}");
+        last = event.id_number();
+    }
+}
