@@ -37,6 +37,7 @@ struct Options {
     connections: usize,
     rate: u64,
     server: String,
+    server_log: Option<String>,
 }
 
 fn parse_options() -> Options {
@@ -51,6 +52,7 @@ fn parse_options() -> Options {
         connections: 500,
         rate: 50,
         server: default_server,
+        server_log: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -64,6 +66,7 @@ fn parse_options() -> Options {
             }
             "--rate" => options.rate = value.parse().unwrap_or_else(|_| usage("bad --rate")),
             "--server" => options.server = value,
+            "--server-log" => options.server_log = Some(value),
             _ => usage(&format!("unknown option {flag}")),
         }
     }
@@ -75,7 +78,7 @@ fn parse_options() -> Options {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "soak: {problem}\nusage: soak [--seconds N] [--connections N] [--rate EVENTS_PER_S] [--server PATH]"
+        "soak: {problem}\nusage: soak [--seconds N] [--connections N] [--rate EVENTS_PER_S] [--server PATH] [--server-log FILE]"
     );
     std::process::exit(2)
 }
@@ -101,7 +104,7 @@ struct Chain {
 
 fn main() {
     let options = parse_options();
-    let mut server = start_server(&options.server);
+    let mut server = start_server(&options.server, options.server_log.as_deref());
     let addr = server.1;
     let pid = server.0.id();
     // The baseline: the server after one request, once its thread count
@@ -273,7 +276,14 @@ fn main() {
     let _ = server.0.wait();
 }
 
-fn start_server(path: &str) -> (Child, SocketAddr) {
+fn start_server(path: &str, log_file: Option<&str>) -> (Child, SocketAddr) {
+    let (level, stderr) = match log_file {
+        Some(file) => (
+            "info",
+            Stdio::from(std::fs::File::create(file).unwrap_or_else(|e| usage(&format!("{file}: {e}")))),
+        ),
+        None => ("warn", Stdio::inherit()),
+    };
     let mut child = Command::new(path)
         .args([
             "--host",
@@ -283,7 +293,7 @@ fn start_server(path: &str) -> (Child, SocketAddr) {
             "--tick-interval",
             "0",
             "--log",
-            "warn",
+            level,
         ])
         .args([
             "--ping-interval",
@@ -295,7 +305,7 @@ fn start_server(path: &str) -> (Child, SocketAddr) {
         ])
         .args(["--max-connections", "9000", "--history", "2000"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| {
             usage(&format!(
