@@ -6,9 +6,10 @@
 //! request pipelined behind an open stream on the same connection cannot be
 //! answered before that stream ends (tiny_http orders a connection's
 //! answers). So every plain request is answered on a short-lived thread of
-//! its own, and every stream gets its thread after subscribing, so that the
-//! subscription exists before the head is sent. Past `MAX_REQUEST_THREADS`
-//! requests in progress, one overflow thread answers `503`.
+//! its own, and every stream gets a thread that subscribes and then writes
+//! the head, so that the subscription exists before the head is sent. Past
+//! `MAX_REQUEST_THREADS` requests in progress, one overflow thread answers
+//! `503`.
 
 use std::io::{Cursor, Read};
 use std::net::TcpListener;
@@ -347,6 +348,39 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         .with_header("Retry-After", "5");
         return answer_error_later(app, request, error);
     };
+    let peer = request
+        .remote_addr()
+        .map_or_else(|| "-".to_string(), |a| a.to_string());
+    let query = query.to_string();
+    let (request_tx, request_rx) = crossbeam_channel::bounded::<Request>(1);
+    let thread_app = Arc::clone(app);
+    let thread_peer = peer.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("sse-{peer}"))
+        .stack_size(crate::SMALL_STACK)
+        .spawn(move || {
+            let _slot = slot;
+            if let Ok(request) = request_rx.recv() {
+                serve_stream(&thread_app, request, &query, demo, &thread_peer);
+            }
+        });
+    match spawned {
+        // The thread is waiting for exactly this one request.
+        Ok(_) => {
+            let _ = request_tx.send(request);
+        }
+        Err(e) => {
+            log::warn!("cannot start a stream thread for {peer}: {e}");
+            app.overflow(request);
+        }
+    }
+}
+
+/// A stream's thread: subscribes (after back-filling from Redis, which may
+/// take a while: hence here and not on the dispatch thread), then writes the
+/// head and runs the stream. The subscription exists before the head is
+/// sent, so an event published once the client sees the head reaches it.
+fn serve_stream(app: &Arc<App>, request: Request, query: &str, demo: bool, peer: &str) {
     let last_id = last_event_id(&request, query);
     let (source, channels) = if demo {
         let source = Source::Demo {
@@ -367,52 +401,28 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
                 let channels = subscription.channels().join(",");
                 (Source::Channels(subscription), channels)
             }
-            Err(e) => return answer_error_later(app, request, e.into()),
+            Err(e) => return respond_error(app, request, e.into()),
         }
     };
-    let peer = request
-        .remote_addr()
-        .map_or_else(|| "-".to_string(), |a| a.to_string());
     let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
     let path = if demo { "/" } else { "/events" };
-    let (request_tx, request_rx) = crossbeam_channel::bounded::<Request>(1);
-    let thread_app = Arc::clone(app);
-    let thread_peer = peer.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("sse-{peer}"))
-        .stack_size(crate::SMALL_STACK)
-        .spawn(move || {
-            let app = thread_app;
-            let _slot = slot;
-            let Ok(request) = request_rx.recv() else { return };
-            let opened = Instant::now();
-            log::info!("stream opened peer={thread_peer} path={path} channels={channels}");
-            let mut stream = Stream::new(request.into_writer(), Arc::clone(&app.stats));
-            let reason = catch_unwind(AssertUnwindSafe(|| {
-                stream.run(http10, source, &app.stream_settings, &app.shutdown_rx)
-            }))
-            .unwrap_or_else(|_| {
-                log::error!("stream of {thread_peer} panicked; closing it");
-                CloseReason::Error
-            });
-            app.stats.count_disconnect(reason);
-            log::info!(
-                "stream closed peer={thread_peer} path={path} channels={channels} duration={} events={} reason={}",
-                stream::elapsed_text(opened),
-                stream.events_written,
-                reason.as_str()
-            );
-        });
-    match spawned {
-        // The thread is waiting for exactly this one request.
-        Ok(_) => {
-            let _ = request_tx.send(request);
-        }
-        Err(e) => {
-            log::warn!("cannot start a stream thread for {peer}: {e}");
-            app.overflow(request);
-        }
-    }
+    let opened = Instant::now();
+    log::info!("stream opened peer={peer} path={path} channels={channels}");
+    let mut stream = Stream::new(request.into_writer(), Arc::clone(&app.stats));
+    let reason = catch_unwind(AssertUnwindSafe(|| {
+        stream.run(http10, source, &app.stream_settings, &app.shutdown_rx)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("stream of {peer} panicked; closing it");
+        CloseReason::Error
+    });
+    app.stats.count_disconnect(reason);
+    log::info!(
+        "stream closed peer={peer} path={path} channels={channels} duration={} events={} reason={}",
+        stream::elapsed_text(opened),
+        stream.events_written,
+        reason.as_str()
+    );
 }
 
 fn handle_publish(app: &Arc<App>, mut request: Request, query: &str) {
