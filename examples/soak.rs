@@ -100,6 +100,9 @@ struct Tally {
 struct Chain {
     channel: usize,
     ids: Vec<u64>,
+    /// Per session: where its ids start in `ids`, its local port (to find it
+    /// in the server's log) and the `Last-Event-ID` it sent.
+    sessions: Vec<(usize, u16, Option<u64>)>,
 }
 
 fn main() {
@@ -215,7 +218,7 @@ fn main() {
     let (mut lost, mut duplicated, mut checked) = (0u64, 0u64, 0u64);
     for chain in &chains {
         let list = &published[chain.channel];
-        for pair in chain.ids.windows(2) {
+        for (at, pair) in chain.ids.windows(2).enumerate() {
             checked += 1;
             let (a, b) = (pair[0], pair[1]);
             if b <= a {
@@ -227,8 +230,10 @@ fn main() {
                 _ => 1,
             };
             if missing > 0 && lost < 2000 {
+                let session = chain.sessions.iter().rev().find(|(start, _, _)| *start <= at + 1);
                 eprintln!(
-                    "soak: lost {missing} between {a} and {b} on channel soak{} (chain of {} ids)",
+                    "soak: lost {missing} between {a} and {b} on channel soak{} (chain of {} ids; \
+                     session of {b}: {session:?} as (first index, local port, Last-Event-ID sent))",
                     chain.channel,
                     chain.ids.len()
                 );
@@ -390,6 +395,7 @@ fn run_client(slot: usize, addr: SocketAddr, stop: &AtomicBool, tally: &Tally) -
     let mut chain = Chain {
         channel,
         ids: Vec::new(),
+        sessions: Vec::new(),
     };
     while !stop.load(Ordering::Acquire) {
         let last = chain.ids.last().copied();
@@ -404,6 +410,8 @@ fn run_client(slot: usize, addr: SocketAddr, stop: &AtomicBool, tally: &Tally) -
             continue;
         }
         tally.sessions.fetch_add(1, Ordering::Relaxed);
+        let port = session.stream.local_addr().map_or(0, |a| a.port());
+        chain.sessions.push((chain.ids.len(), port, last));
         match kind {
             Kind::Churner => {
                 tally.churns.fetch_add(1, Ordering::Relaxed);
