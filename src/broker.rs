@@ -239,11 +239,25 @@ impl Broker {
         if let Some(name) = event_name {
             event::validate_event_name(name)?;
         }
-        let ring_len = self.ring_capacity();
         let mut registry = lock(&self.registry);
         let target = registry.channel(channel, self.config.max_channels)?;
         let id = (registry.last_id + 1).max(now_micros());
         let bytes = event::encode_event(Some(&id.to_string()), event_name, data)?;
+        Ok(self.commit(registry, target, id, bytes))
+    }
+
+    /// Appends event `id` to `target`'s ring, raises the last and committed
+    /// ids, and (after the registry lock is released) hands the channel to the
+    /// fan-out thread. Called with the registry locked, so that ids enter the
+    /// rings in increasing order.
+    fn commit(
+        &self,
+        mut registry: MutexGuard<'_, Registry>,
+        target: Arc<Channel>,
+        id: EventId,
+        bytes: Vec<u8>,
+    ) -> Published {
+        let ring_len = self.ring_capacity();
         registry.last_id = id;
         let subscribers = {
             let mut state = lock(&target.state);
@@ -264,7 +278,7 @@ impl Broker {
             // The receiver lives as long as the broker: this cannot fail.
             let _ = self.fanout_tx.send(target);
         }
-        Ok(Published { id, subscribers })
+        Published { id, subscribers }
     }
 
     /// Subscribes to `channels` (none: the default channel). With
@@ -573,7 +587,6 @@ impl Broker {
     ) -> Result<Option<Published>, BrokerError> {
         validate_channel(channel)?;
         let bytes = event::encode_event(Some(&id.to_string()), event, data)?;
-        let ring_len = self.ring_capacity();
         let mut registry = lock(&self.registry);
         if id <= registry.last_id {
             return Ok(None);
@@ -586,27 +599,7 @@ impl Broker {
                 return Err(e);
             }
         };
-        registry.last_id = id;
-        let subscribers = {
-            let mut state = lock(&target.state);
-            state.ring.push_back(Arc::new(Event {
-                id,
-                bytes: bytes.into_boxed_slice(),
-            }));
-            while state.ring.len() > ring_len {
-                if let Some(old) = state.ring.pop_front() {
-                    state.evicted_through = old.id;
-                }
-            }
-            state.subscribers.len()
-        };
-        self.committed.store(id, Ordering::Release);
-        drop(registry);
-        if subscribers > 0 {
-            // The receiver lives as long as the broker: this cannot fail.
-            let _ = self.fanout_tx.send(target);
-        }
-        Ok(Some(Published { id, subscribers }))
+        Ok(Some(self.commit(registry, target, id, bytes)))
     }
 
     /// Raises the newest id to `id` without an event: the shared log is

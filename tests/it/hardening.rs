@@ -21,33 +21,6 @@ fn wait_open_streams(server: &TestServer, n: u64) {
     );
 }
 
-/// Reads until EOF or error; true when the server closed the connection
-/// within `timeout`.
-fn closed_by_server(stream: &mut TcpStream, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
 #[test]
 fn one_stream_over_the_cap_gets_503_and_the_others_go_on() {
     let server = TestServer::start(&["--max-connections", "3", "--tick-interval", "0"]);
@@ -126,7 +99,7 @@ fn unfinished_request_heads_are_closed_while_health_answers() {
     );
     for (i, s) in stalled.iter_mut().enumerate() {
         assert!(
-            closed_by_server(s, Duration::from_secs(12)),
+            read_until_closed(s, Duration::from_secs(12), &mut Vec::new()),
             "stalled connection {i} still open"
         );
     }

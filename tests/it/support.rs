@@ -625,31 +625,11 @@ impl SseClient {
     /// True once the server closed the connection (EOF) within `timeout`,
     /// reading and keeping whatever comes first.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            let mut chunk = [0u8; 16384];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(n) => {
-                    self.buffer.extend_from_slice(&chunk[..n]);
-                    self.received.extend_from_slice(&chunk[..n]);
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return false
-                }
-                Err(_) => return true,
-            }
-        }
+        let mut got = Vec::new();
+        let closed = read_until_closed(&mut self.stream, timeout, &mut got);
+        self.buffer.extend_from_slice(&got);
+        self.received.extend_from_slice(&got);
+        closed
     }
 
     /// The complete events already read, without reading more (after
@@ -675,6 +655,33 @@ fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
     socket2::SockRef::from(stream)
         .set_recv_buffer_size(bytes)
         .expect("setsockopt SO_RCVBUF");
+}
+
+/// Reads from `stream` into `sink` until the peer closes it; true when that
+/// happened (EOF or a reset) within `timeout`.
+pub fn read_until_closed(stream: &mut TcpStream, timeout: Duration, sink: &mut Vec<u8>) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut chunk = [0u8; 16384];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => sink.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
 }
 
 /// Parses one block into an event; `None` for a block with no data field
