@@ -11,15 +11,17 @@
 //! - `reader` (60%): subscribes with its last seen id as `Last-Event-ID`,
 //!   reads for 0.5-5 s, closes normally;
 //! - `rst` (20%): the same, but ends with a reset (linger 0);
-//! - `staller` (10%): subscribes with a tiny receive buffer, stops reading for
-//!   5-30 s (the server may drop it as slow), then drains what it got and
-//!   reconnects with its last id;
+//! - `staller` (10%): subscribes with a tiny receive buffer and stops reading
+//!   for 5-30 s (the server may drop it as slow), reads for half a second,
+//!   then reconnects with its last id and catches up with a normal buffer;
 //! - `churner` (10%): connects, reads the head, closes at once.
 //!
 //! Readers, rst clients and stallers each keep one chain of sessions on one
 //! channel; at the end every chain must be a gap-free, duplicate-free run of
 //! the ids that `POST /publish` answered `200` for on that channel: an id
-//! missing between two received ones is a lost event.
+//! missing between two received ones is a lost event, unless the session
+//! that resumed after it connected more than `--history` events later (then
+//! the event had left the history, as the spec allows: `gap_beyond_history`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,6 +33,9 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 
 const CHANNELS: usize = 8;
+
+/// `--history` of the server the soak starts.
+const HISTORY: usize = 2000;
 
 struct Options {
     seconds: u64,
@@ -101,8 +106,9 @@ struct Chain {
     channel: usize,
     ids: Vec<u64>,
     /// Per session: where its ids start in `ids`, its local port (to find it
-    /// in the server's log) and the `Last-Event-ID` it sent.
-    sessions: Vec<(usize, u16, Option<u64>)>,
+    /// in the server's log), the `Last-Event-ID` it sent, and how many events
+    /// had been published on the channel when it connected.
+    sessions: Vec<(usize, u16, Option<u64>, usize)>,
 }
 
 fn main() {
@@ -129,7 +135,8 @@ fn main() {
         options.connections, options.seconds, options.rate
     );
 
-    let deadline = Instant::now() + Duration::from_secs(options.seconds);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(options.seconds);
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let published: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); CHANNELS]));
@@ -166,10 +173,10 @@ fn main() {
 
     let mut clients = Vec::with_capacity(options.connections);
     for slot in 0..options.connections {
-        let (stop, tally) = (Arc::clone(&stop), Arc::clone(&tally));
+        let (stop, tally, published) = (Arc::clone(&stop), Arc::clone(&tally), Arc::clone(&published));
         let handle = std::thread::Builder::new()
             .stack_size(256 * 1024)
-            .spawn(move || run_client(slot, addr, &stop, &tally))
+            .spawn(move || run_client(slot, addr, &stop, &tally, &published))
             .expect("spawn client thread");
         clients.push(handle);
         if slot % 100 == 99 {
@@ -215,7 +222,10 @@ fn main() {
     let rss_after = proc_rss_kib(pid);
 
     let published = published.lock().unwrap().clone();
-    let (mut lost, mut duplicated, mut checked) = (0u64, 0u64, 0u64);
+    let (mut lost, mut beyond_history, mut duplicated, mut checked) = (0u64, 0u64, 0u64, 0u64);
+    // Lost events by the half-minute of the run in which the gap began.
+    let mut lost_by_half_minute: Vec<u64> = vec![0; (options.seconds as usize) / 30 + 2];
+    let run_started_micros = now_micros().saturating_sub(started.elapsed().as_micros() as u64);
     for chain in &chains {
         let list = &published[chain.channel];
         for (at, pair) in chain.ids.windows(2).enumerate() {
@@ -225,20 +235,35 @@ fn main() {
                 duplicated += 1;
                 continue;
             }
-            let missing = match (list.binary_search(&a), list.binary_search(&b)) {
-                (Ok(i), Ok(j)) => (j - i - 1) as u64,
-                _ => 1,
+            let session = chain.sessions.iter().rev().find(|(start, ..)| *start <= at + 1);
+            let (missing, evicted) = match (list.binary_search(&a), list.binary_search(&b)) {
+                (Ok(i), Ok(j)) => {
+                    // Events after `a` already published when the session that
+                    // resumed from `a` connected: past the history, they are
+                    // gone by design (the spec's "while the gap fits").
+                    let behind = session.map_or(0, |s| s.3.saturating_sub(i + 1));
+                    ((j - i - 1) as u64, behind > HISTORY)
+                }
+                _ => (1, false),
             };
+            if evicted {
+                beyond_history += missing;
+                continue;
+            }
             if missing > 0 && lost < 2000 {
-                let session = chain.sessions.iter().rev().find(|(start, _, _)| *start <= at + 1);
                 eprintln!(
                     "soak: lost {missing} between {a} and {b} on channel soak{} (chain of {} ids; \
-                     session of {b}: {session:?} as (first index, local port, Last-Event-ID sent))",
+                     session of {b}: {session:?} as (first index, local port, Last-Event-ID sent, published before))",
                     chain.channel,
                     chain.ids.len()
                 );
             }
             lost += missing;
+            if missing > 0 {
+                let offset = a.saturating_sub(run_started_micros) / 30_000_000;
+                let bucket = (offset as usize).min(lost_by_half_minute.len() - 1);
+                lost_by_half_minute[bucket] += missing;
+            }
         }
     }
     let published_total: usize = published.iter().map(Vec::len).sum();
@@ -247,7 +272,7 @@ fn main() {
             "{{\"seconds\":{},\"connections\":{},\"rate\":{},\"published\":{},\"publish_errors\":{},",
             "\"sessions\":{},\"churns\":{},\"resets\":{},\"stalls\":{},\"dropped_by_server\":{},",
             "\"refused_503\":{},\"connect_errors\":{},\"events_received\":{},\"pairs_checked\":{},",
-            "\"lost_events\":{},\"duplicated_or_reordered\":{},\"threads_before\":{},\"threads_after\":{},",
+            "\"lost_events\":{},\"gap_beyond_history\":{},\"duplicated_or_reordered\":{},\"threads_before\":{},\"threads_after\":{},",
             "\"leaked_threads\":{},\"fds_before\":{},\"fds_after\":{},\"leaked_fds\":{},",
             "\"rss_kib_before\":{},\"rss_kib_after\":{}}}"
         ),
@@ -266,6 +291,7 @@ fn main() {
         tally.events_received.load(Ordering::Relaxed),
         checked,
         lost,
+        beyond_history,
         duplicated,
         threads_before,
         threads_after,
@@ -277,6 +303,9 @@ fn main() {
         rss_after,
     );
     println!("{report}");
+    if lost > 0 {
+        eprintln!("soak: lost events by half-minute of the run: {lost_by_half_minute:?}");
+    }
     let _ = server.0.kill();
     let _ = server.0.wait();
 }
@@ -308,7 +337,7 @@ fn start_server(path: &str, log_file: Option<&str>) -> (Child, SocketAddr) {
             "--queue-size",
             "64",
         ])
-        .args(["--max-connections", "9000", "--history", "2000"])
+        .args(["--max-connections", "9000", "--history", &HISTORY.to_string()])
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -383,7 +412,13 @@ enum Kind {
     Churner,
 }
 
-fn run_client(slot: usize, addr: SocketAddr, stop: &AtomicBool, tally: &Tally) -> Option<Chain> {
+fn run_client(
+    slot: usize,
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    tally: &Tally,
+    published: &Mutex<Vec<Vec<u64>>>,
+) -> Option<Chain> {
     let kind = match slot % 10 {
         0..=5 => Kind::Reader,
         6 | 7 => Kind::Rst,
@@ -392,6 +427,9 @@ fn run_client(slot: usize, addr: SocketAddr, stop: &AtomicBool, tally: &Tally) -
     };
     let channel = slot % CHANNELS;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (slot as u64 + 1));
+    // A staller alternates: one session stalled, the next one catching up
+    // with a normal buffer, so that it keeps within the server's history.
+    let mut catching_up = false;
     let mut chain = Chain {
         channel,
         ids: Vec::new(),
@@ -399,7 +437,8 @@ fn run_client(slot: usize, addr: SocketAddr, stop: &AtomicBool, tally: &Tally) -
     };
     while !stop.load(Ordering::Acquire) {
         let last = chain.ids.last().copied();
-        let Some(mut session) = Session::open(addr, channel, last, kind == Kind::Staller) else {
+        let stalling = kind == Kind::Staller && !catching_up;
+        let Some(mut session) = Session::open(addr, channel, last, stalling) else {
             tally.connect_errors.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(rng.millis(200, 1000));
             continue;
@@ -411,7 +450,10 @@ fn run_client(slot: usize, addr: SocketAddr, stop: &AtomicBool, tally: &Tally) -
         }
         tally.sessions.fetch_add(1, Ordering::Relaxed);
         let port = session.stream.local_addr().map_or(0, |a| a.port());
-        chain.sessions.push((chain.ids.len(), port, last));
+        let published_so_far = published.lock().unwrap()[channel].len();
+        chain
+            .sessions
+            .push((chain.ids.len(), port, last, published_so_far));
         match kind {
             Kind::Churner => {
                 tally.churns.fetch_add(1, Ordering::Relaxed);
@@ -419,7 +461,22 @@ fn run_client(slot: usize, addr: SocketAddr, stop: &AtomicBool, tally: &Tally) -
                 std::thread::sleep(rng.millis(300, 1000));
                 continue;
             }
+            Kind::Staller if catching_up => {
+                catching_up = false;
+                // Read until the stream has been quiet for a second: caught up.
+                for _ in 0..60 {
+                    let before = chain.ids.len();
+                    if session.read_for(Duration::from_secs(1), &mut chain.ids, tally) {
+                        tally.dropped_by_server.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    if chain.ids.len() == before || stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                }
+            }
             Kind::Staller => {
+                catching_up = true;
                 tally.stalls.fetch_add(1, Ordering::Relaxed);
                 let stall = rng.millis(5000, 30000);
                 let until = Instant::now() + stall;
@@ -528,6 +585,12 @@ impl Session {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn proc_threads(pid: u32) -> u64 {
