@@ -172,6 +172,10 @@ fn new_server(listener: &TcpListener) -> Result<tiny_http::Server, String> {
 }
 
 fn handle(app: &Arc<App>, request: Request) {
+    // For the head guard: this connection delivered a head.
+    if let Some(peer) = request.remote_addr() {
+        app.heads.record(*peer, false);
+    }
     let head_size: usize = request
         .headers()
         .iter()
@@ -348,6 +352,10 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         .with_header("Retry-After", "5");
         return answer_error_later(app, request, error);
     };
+    if let Some(peer) = request.remote_addr() {
+        // The head guard leaves a stream's connection alone for good.
+        app.heads.record(*peer, true);
+    }
     let peer = request
         .remote_addr()
         .map_or_else(|| "-".to_string(), |a| a.to_string());

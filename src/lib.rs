@@ -21,6 +21,7 @@
 //! - [`publish`]: publish bodies;
 //! - [`metrics`] and [`stats`]: counters and their exposition;
 //! - [`listener`]: the listening socket's options;
+//! - [`head_guard`]: closing connections that trickle their request head;
 //! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
 //! - [`logger`]: log lines on stderr;
@@ -33,6 +34,7 @@ pub mod broker;
 pub mod config;
 pub mod event;
 pub mod fault;
+pub mod head_guard;
 pub mod http;
 pub mod listener;
 pub mod logger;

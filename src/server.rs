@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::broker::{Broker, BrokerConfig};
 use crate::config::Config;
+use crate::head_guard::{HeadGuard, HeadLog};
 use crate::listener::{self, KeepAwake};
 use crate::redis_bus::{BusError, RedisBus};
 use crate::stats::Stats;
@@ -39,6 +40,8 @@ pub struct App {
     pub stats: Arc<Stats>,
     /// What every stream needs to know.
     pub stream_settings: StreamSettings,
+    /// The request heads received, for the head guard.
+    pub heads: Arc<HeadLog>,
     /// Ready (disconnected) once streams must end.
     pub shutdown_rx: Receiver<()>,
     shutdown_tx: Mutex<Option<Sender<()>>>,
@@ -119,6 +122,7 @@ pub struct Server {
     addr: SocketAddr,
     dispatcher: Option<JoinHandle<()>>,
     keep_awake: Option<KeepAwake>,
+    head_guard: Option<HeadGuard>,
 }
 
 impl Server {
@@ -163,12 +167,14 @@ impl Server {
             broker,
             redis,
             stats: Arc::new(Stats::default()),
+            heads: Arc::new(HeadLog::default()),
             shutdown_rx,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),
             overflow_tx,
         });
+        let head_guard = HeadGuard::start(addr.port(), Arc::clone(&app.heads)).map_err(StartError::Thread)?;
         let keep_awake = KeepAwake::start(listener::connect_address(addr)).map_err(StartError::Thread)?;
         let dispatch_app = Arc::clone(&app);
         let dispatcher = std::thread::Builder::new()
@@ -180,6 +186,7 @@ impl Server {
             addr,
             dispatcher: Some(dispatcher),
             keep_awake: Some(keep_awake),
+            head_guard: Some(head_guard),
         })
     }
 
@@ -224,6 +231,7 @@ impl Server {
         while self.app.stats.open_streams() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+        self.head_guard.take();
         log::info!(
             "stopped in {}: {} streams ended, {} still writing",
             crate::stream::elapsed_text(started),

@@ -332,3 +332,86 @@ fn requests_pipelined_behind_a_stream_do_not_stall_the_server() {
     let event = other.next_event(LONG).expect("the server still delivers");
     assert_eq!(event.id_number(), id);
 }
+
+/// Sends a request line, then one header byte every 700 ms, never ending
+/// the head; returns how long after connecting the server closed the
+/// connection, or `None` if it was still open after `deadline`.
+fn trickle_until_closed(addr: std::net::SocketAddr, deadline: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\n").expect("send the request line");
+    let mut chunk = [0u8; 1024];
+    while started.elapsed() < deadline {
+        // Waiting to read is the 700 ms pause between two bytes.
+        s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        match s.read(&mut chunk) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+        if s.write_all(b"X").is_err() {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+#[test]
+fn trickled_request_heads_are_closed_after_ten_seconds_and_streams_are_not() {
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let mut early = SseClient::connect(server.addr, "/events?channel=guard", &[]);
+    let early_opened = Instant::now();
+    let addr = server.addr;
+    let tricklers: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || trickle_until_closed(addr, Duration::from_secs(25))))
+        .collect();
+    // Streams opened while the tricklers trickle, and /health, are served
+    // as usual.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut meanwhile = SseClient::connect(server.addr, "/events?channel=guard", &[]);
+    wait_open_streams(&server, 2);
+    for _ in 0..8 {
+        let started = Instant::now();
+        assert_eq!(get(server.addr, "/health").status, 200);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "/health took {took:?} beside 20 tricklers"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for (i, trickler) in tricklers.into_iter().enumerate() {
+        let closed_after = trickler.join().unwrap();
+        let Some(after) = closed_after else {
+            panic!("trickler {i} still open after 25 s:\n{}", server.logs());
+        };
+        // Past the 2 s read timeout (bytes keep coming), within the 10 s
+        // deadline plus two guard cycles and room for a busy machine.
+        assert!(
+            after >= Duration::from_secs(9) && after <= Duration::from_secs(20),
+            "trickler {i} closed after {after:?}"
+        );
+    }
+    assert!(
+        early_opened.elapsed() > Duration::from_secs(12),
+        "{:?}",
+        early_opened.elapsed()
+    );
+    let id = publish(server.addr, "guard", "still streaming");
+    for client in [&mut early, &mut meanwhile] {
+        let event = client.next_event(LONG).expect("streams are not cut");
+        assert_eq!((event.id_number(), event.data.as_str()), (id, "still streaming"));
+    }
+    assert_eq!(get(server.addr, "/health").json()["open_streams"], 2);
+    let logs = server.logs();
+    let warned = logs
+        .lines()
+        .filter(|l| l.contains("sent no complete request head in time") && l.contains("peer=127.0.0.1:"))
+        .count();
+    assert_eq!(warned, 20, "one warning per trickler, with its peer:\n{logs}");
+}
