@@ -138,6 +138,7 @@ pub struct Broker {
     registry: Mutex<Registry>,
     committed: AtomicU64,
     fanout_tx: Sender<Arc<Channel>>,
+    closed: AtomicBool,
 }
 
 struct Registry {
@@ -215,6 +216,7 @@ impl Broker {
             }),
             committed: AtomicU64::new(0),
             fanout_tx,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -322,6 +324,24 @@ impl Broker {
             replaying: last_event_id.is_some(),
             wake_rx,
         })
+    }
+
+    /// Tells every subscription to end: from now on [`Subscription::is_closed`]
+    /// is true, and every subscriber is woken to drain what is left.
+    ///
+    /// Shutdown goes through each subscriber's own wake channel rather than
+    /// one channel that every stream also selects on: `select!` registers and
+    /// unregisters with each channel it waits on, and on a channel shared by
+    /// N waiting streams that is a lock and an O(N) search per wake-up.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();
+        for channel in channels {
+            let subscribers: Vec<Arc<Subscriber>> = lock(&channel.state).subscribers.clone();
+            for subscriber in subscribers {
+                subscriber.wake();
+            }
+        }
     }
 
     /// Streams subscribed to `channel` now.
@@ -475,6 +495,11 @@ impl Subscription {
     /// Ready (in `select!`) when new events may be waiting.
     pub fn wake_rx(&self) -> &Receiver<()> {
         &self.wake_rx
+    }
+
+    /// True once the broker was closed: drain what is left, then end.
+    pub fn is_closed(&self) -> bool {
+        self.broker.closed.load(Ordering::Acquire)
     }
 
     /// The channel names, sorted, without duplicates.
@@ -735,6 +760,24 @@ mod tests {
             b.subscribe(&many, None),
             Err(BrokerError::TooManyChannelsPerStream(33))
         ));
+    }
+
+    #[test]
+    fn close_wakes_every_subscriber_and_leaves_events_to_drain() {
+        let b = broker(10, 10, 10);
+        let mut a = b.subscribe(&names(&["a"]), None).unwrap();
+        let mut ab = b.subscribe(&names(&["a", "b"]), None).unwrap();
+        let id = b.publish("b", None, "last").unwrap().id;
+        assert!(!a.is_closed());
+        // Take the publish's wake-up, so that the next one is close's.
+        ab.wake_rx().recv_timeout(Duration::from_secs(5)).unwrap();
+        b.close();
+        for sub in [&a, &ab] {
+            assert!(sub.is_closed());
+            assert!(sub.wake_rx().recv_timeout(Duration::from_secs(5)).is_ok());
+        }
+        assert_eq!(drain_ids(&mut ab), vec![id]);
+        assert!(drain_ids(&mut a).is_empty());
     }
 
     #[test]

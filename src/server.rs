@@ -190,6 +190,7 @@ impl Server {
                 .unwrap_or_else(|p| p.into_inner())
                 .take(),
         );
+        self.app.broker.close();
         while self.app.stats.open_streams() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }

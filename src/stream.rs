@@ -170,23 +170,25 @@ impl Stream {
                     }
                 }
             }
+            // Shutdown comes as a wake-up with the subscription closed (see
+            // `Broker::close`), not through `shutdown_rx`, which every stream
+            // would otherwise register with on each wait.
             Source::Channels(subscription) => loop {
+                // Closed before the drain: the drain then has every event
+                // accepted before the stop.
+                let closing = subscription.is_closed();
                 // Replay (or nothing) first, then whatever wakes us.
                 if let Err(Lagged) = subscription.drain(&mut pending) {
                     return Ok(CloseReason::Slow);
                 }
                 self.send_events(&pending)?;
                 pending.clear();
+                if closing {
+                    return Ok(CloseReason::Shutdown);
+                }
                 select! {
                     recv(subscription.wake_rx()) -> _ => {}
                     recv(ping) -> _ => self.send_ping()?,
-                    recv(shutdown_rx) -> _ => {
-                        // Deliver everything accepted before the stop.
-                        if subscription.drain(&mut pending).is_ok() {
-                            self.send_events(&pending)?;
-                        }
-                        return Ok(CloseReason::Shutdown);
-                    }
                 }
             },
         }
