@@ -6,7 +6,7 @@
 //! larger body to a thread of its own, and starts a thread per stream after
 //! subscribing, so that the subscription exists before the head is sent.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -296,7 +296,11 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         .map_or_else(|| "-".to_string(), |a| a.to_string());
     let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
     let path = if demo { "/" } else { "/events" };
-    let (request_tx, request_rx) = crossbeam_channel::bounded::<Request>(1);
+    // The thread gets the raw connection, not the request: dropping a
+    // `Request` runs tiny_http's `Drop`, whose frame alone is over 8 KiB of
+    // stack (its unused 500-response path), and every stack page a stream
+    // thread ever touches stays resident for the stream's whole life.
+    let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Box<dyn Write + Send>>(1);
     let thread_app = Arc::clone(app);
     let thread_peer = peer.clone();
     let spawned = std::thread::Builder::new()
@@ -305,10 +309,12 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         .spawn(move || {
             let app = thread_app;
             let _slot = slot;
-            let Ok(request) = request_rx.recv() else { return };
+            let writer = writer_rx.recv();
+            drop(writer_rx);
+            let Ok(writer) = writer else { return };
             let opened = Instant::now();
             log::info!("stream opened peer={thread_peer} path={path} channels={channels}");
-            let mut stream = Stream::new(request.into_writer(), Arc::clone(&app.stats));
+            let mut stream = Stream::new(writer, Arc::clone(&app.stats));
             let reason = catch_unwind(AssertUnwindSafe(|| {
                 stream.run(http10, source, &app.stream_settings, &app.shutdown_rx)
             }))
@@ -325,9 +331,9 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
             );
         });
     match spawned {
-        // The thread is waiting for exactly this one request.
+        // The thread is waiting for exactly this one connection.
         Ok(_) => {
-            let _ = request_tx.send(request);
+            let _ = writer_tx.send(request.into_writer());
         }
         Err(e) => {
             log::warn!("cannot start a stream thread for {peer}: {e}");

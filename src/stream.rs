@@ -146,11 +146,14 @@ impl Stream {
         settings: &StreamSettings,
         shutdown_rx: &Receiver<()>,
     ) -> io::Result<CloseReason> {
-        let mut head = response_head(http10, settings.cors_origin.as_deref());
-        if let Some(ms) = settings.retry {
-            head.extend_from_slice(&event::encode_retry(ms));
+        // Scoped: the head's buffer is freed before the stream's long wait.
+        {
+            let mut head = response_head(http10, settings.cors_origin.as_deref());
+            if let Some(ms) = settings.retry {
+                head.extend_from_slice(&event::encode_retry(ms));
+            }
+            self.send(&head)?;
         }
-        self.send(&head)?;
 
         let ping = tick(settings.ping_interval);
         let mut pending: Vec<Arc<Event>> = Vec::new();
