@@ -123,6 +123,33 @@ pub fn validate_channel(name: &str) -> Result<(), BrokerError> {
     }
 }
 
+/// Checks the channel list of a subscription: each name valid, at most
+/// [`MAX_CHANNELS_PER_STREAM`] once duplicates are removed.
+///
+/// # Errors
+/// [`BrokerError`] naming the first problem.
+pub fn validate_subscription(channels: &[String]) -> Result<(), BrokerError> {
+    subscription_channels(channels).map(|_| ())
+}
+
+/// The channels of a subscription, sorted, without duplicates; none means
+/// the default channel.
+fn subscription_channels(channels: &[String]) -> Result<Vec<&str>, BrokerError> {
+    let mut names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    if names.is_empty() {
+        names.push(DEFAULT_CHANNEL);
+    }
+    names.sort_unstable();
+    names.dedup();
+    if names.len() > MAX_CHANNELS_PER_STREAM {
+        return Err(BrokerError::TooManyChannelsPerStream(names.len()));
+    }
+    for name in &names {
+        validate_channel(name)?;
+    }
+    Ok(names)
+}
+
 /// What `publish` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -138,6 +165,7 @@ pub struct Broker {
     registry: Mutex<Registry>,
     committed: AtomicU64,
     fanout_tx: Sender<Arc<Channel>>,
+    closed: AtomicBool,
 }
 
 struct Registry {
@@ -215,6 +243,7 @@ impl Broker {
             }),
             committed: AtomicU64::new(0),
             fanout_tx,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -293,18 +322,7 @@ impl Broker {
         channels: &[String],
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, BrokerError> {
-        let mut names: Vec<&str> = channels.iter().map(String::as_str).collect();
-        if names.is_empty() {
-            names.push(DEFAULT_CHANNEL);
-        }
-        names.sort_unstable();
-        names.dedup();
-        if names.len() > MAX_CHANNELS_PER_STREAM {
-            return Err(BrokerError::TooManyChannelsPerStream(names.len()));
-        }
-        for name in &names {
-            validate_channel(name)?;
-        }
+        let names = subscription_channels(channels)?;
         let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         let me = Arc::new(Subscriber {
             wake_tx,
@@ -336,6 +354,24 @@ impl Broker {
             replaying: last_event_id.is_some(),
             wake_rx,
         })
+    }
+
+    /// Tells every subscription to end: from now on [`Subscription::is_closed`]
+    /// is true, and every subscriber is woken to drain what is left.
+    ///
+    /// Shutdown goes through each subscriber's own wake channel rather than
+    /// one channel that every stream also selects on: `select!` registers and
+    /// unregisters with each channel it waits on, and on a channel shared by
+    /// N waiting streams that is a lock and an O(N) search per wake-up.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();
+        for channel in channels {
+            let subscribers: Vec<Arc<Subscriber>> = lock(&channel.state).subscribers.clone();
+            for subscriber in subscribers {
+                subscriber.wake();
+            }
+        }
     }
 
     /// Streams subscribed to `channel` now.
@@ -489,6 +525,11 @@ impl Subscription {
     /// Ready (in `select!`) when new events may be waiting.
     pub fn wake_rx(&self) -> &Receiver<()> {
         &self.wake_rx
+    }
+
+    /// True once the broker was closed: drain what is left, then end.
+    pub fn is_closed(&self) -> bool {
+        self.broker.closed.load(Ordering::Acquire)
     }
 
     /// The channel names, sorted, without duplicates.
@@ -880,6 +921,24 @@ mod tests {
             b.subscribe(&many, None),
             Err(BrokerError::TooManyChannelsPerStream(33))
         ));
+    }
+
+    #[test]
+    fn close_wakes_every_subscriber_and_leaves_events_to_drain() {
+        let b = broker(10, 10, 10);
+        let mut a = b.subscribe(&names(&["a"]), None).unwrap();
+        let mut ab = b.subscribe(&names(&["a", "b"]), None).unwrap();
+        let id = b.publish("b", None, "last").unwrap().id;
+        assert!(!a.is_closed());
+        // Take the publish's wake-up, so that the next one is close's.
+        ab.wake_rx().recv_timeout(Duration::from_secs(5)).unwrap();
+        b.close();
+        for sub in [&a, &ab] {
+            assert!(sub.is_closed());
+            assert!(sub.wake_rx().recv_timeout(Duration::from_secs(5)).is_ok());
+        }
+        assert_eq!(drain_ids(&mut ab), vec![id]);
+        assert!(drain_ids(&mut a).is_empty());
     }
 
     #[test]

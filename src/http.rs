@@ -11,7 +11,7 @@
 //! `MAX_REQUEST_THREADS` requests in progress, one overflow thread answers
 //! `503`.
 
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Write};
 use std::net::TcpListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crossbeam_channel::Receiver;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::broker::{BrokerError, EventId};
+use crate::broker::{self, BrokerError, EventId};
 use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
 use crate::server::App;
@@ -340,7 +340,28 @@ fn last_event_id(request: &Request, query: &str) -> Option<EventId> {
     }
 }
 
+/// What a stream's thread needs to know of its request.
+struct StreamRequest {
+    demo: bool,
+    channels: Vec<String>,
+    last_id: Option<EventId>,
+    http10: bool,
+    peer: String,
+}
+
 fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
+    let last_id = last_event_id(&request, query);
+    let channels: Vec<String> = if demo {
+        Vec::new()
+    } else {
+        form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "channel")
+            .map(|(_, v)| v.into_owned())
+            .collect()
+    };
+    if let Err(e) = broker::validate_subscription(&channels) {
+        return answer_error_later(app, request, e.into());
+    }
     let Some(slot) = app.stats.try_open_stream(app.config.max_connections) else {
         let error = ApiError::new(
             503,
@@ -356,29 +377,39 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         // The head guard leaves a stream's connection alone for good.
         app.heads.record(*peer, true);
     }
-    let peer = request
-        .remote_addr()
-        .map_or_else(|| "-".to_string(), |a| a.to_string());
-    let query = query.to_string();
-    let (request_tx, request_rx) = crossbeam_channel::bounded::<Request>(1);
+    let params = StreamRequest {
+        demo,
+        channels,
+        last_id,
+        http10: request.http_version() == &tiny_http::HTTPVersion(1, 0),
+        peer: request
+            .remote_addr()
+            .map_or_else(|| "-".to_string(), |a| a.to_string()),
+    };
+    // The thread gets the raw connection, not the request: dropping a
+    // `Request` runs tiny_http's `Drop`, whose frame alone is over 8 KiB of
+    // stack (its unused 500-response path), and every stack page a stream
+    // thread ever touches stays resident for the stream's whole life.
+    let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Box<dyn Write + Send>>(1);
     let thread_app = Arc::clone(app);
-    let thread_peer = peer.clone();
     let spawned = std::thread::Builder::new()
-        .name(format!("sse-{peer}"))
+        .name(format!("sse-{}", params.peer))
         .stack_size(crate::SMALL_STACK)
         .spawn(move || {
             let _slot = slot;
-            if let Ok(request) = request_rx.recv() {
-                serve_stream(&thread_app, request, &query, demo, &thread_peer);
+            let writer = writer_rx.recv();
+            drop(writer_rx);
+            if let Ok(writer) = writer {
+                serve_stream(&thread_app, writer, params);
             }
         });
     match spawned {
-        // The thread is waiting for exactly this one request.
+        // The thread is waiting for exactly this one connection.
         Ok(_) => {
-            let _ = request_tx.send(request);
+            let _ = writer_tx.send(request.into_writer());
         }
         Err(e) => {
-            log::warn!("cannot start a stream thread for {peer}: {e}");
+            log::warn!("cannot start a stream thread: {e}");
             app.overflow(request);
         }
     }
@@ -388,8 +419,14 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
 /// take a while: hence here and not on the dispatch thread), then writes the
 /// head and runs the stream. The subscription exists before the head is
 /// sent, so an event published once the client sees the head reaches it.
-fn serve_stream(app: &Arc<App>, request: Request, query: &str, demo: bool, peer: &str) {
-    let last_id = last_event_id(&request, query);
+fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: StreamRequest) {
+    let StreamRequest {
+        demo,
+        channels: names,
+        last_id,
+        http10,
+        peer,
+    } = params;
     let (source, channels) = if demo {
         let source = Source::Demo {
             first_id: last_id.map_or(1, |id| id.saturating_add(1)),
@@ -397,10 +434,6 @@ fn serve_stream(app: &Arc<App>, request: Request, query: &str, demo: bool, peer:
         };
         (source, String::new())
     } else {
-        let names: Vec<String> = form_urlencoded::parse(query.as_bytes())
-            .filter(|(k, _)| k == "channel")
-            .map(|(_, v)| v.into_owned())
-            .collect();
         if let (Some(bus), Some(after)) = (&app.redis, last_id) {
             bus.backfill(&names, after);
         }
@@ -409,14 +442,17 @@ fn serve_stream(app: &Arc<App>, request: Request, query: &str, demo: bool, peer:
                 let channels = subscription.channels().join(",");
                 (Source::Channels(subscription), channels)
             }
-            Err(e) => return respond_error(app, request, e.into()),
+            Err(e) => {
+                let head = raw_error_response(&e.into(), http10, app.config.cors_origin.as_deref());
+                let _ = writer.write_all(&head).and_then(|()| writer.flush());
+                return;
+            }
         }
     };
-    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
     let path = if demo { "/" } else { "/events" };
     let opened = Instant::now();
     log::info!("stream opened peer={peer} path={path} channels={channels}");
-    let mut stream = Stream::new(request.into_writer(), Arc::clone(&app.stats));
+    let mut stream = Stream::new(writer, Arc::clone(&app.stats));
     let reason = catch_unwind(AssertUnwindSafe(|| {
         stream.run(http10, source, &app.stream_settings, &app.shutdown_rx)
     }))
@@ -431,6 +467,32 @@ fn serve_stream(app: &Arc<App>, request: Request, query: &str, demo: bool, peer:
         stream.events_written,
         reason.as_str()
     );
+}
+
+/// A whole error response written by hand, for a stream's thread, which has
+/// the raw connection and no `Request` to answer through.
+fn raw_error_response(error: &ApiError, http10: bool, cors_origin: Option<&str>) -> Vec<u8> {
+    let body = json!({ "error": error.message }).to_string();
+    let reason = match error.status {
+        400 => "Bad Request",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let mut head = format!(
+        "{version} {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        error.status,
+        body.len()
+    );
+    for (name, value) in &error.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(origin) = cors_origin {
+        head.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.push_str(&body);
+    head.into_bytes()
 }
 
 fn handle_publish(app: &Arc<App>, mut request: Request, query: &str) {

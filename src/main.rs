@@ -8,6 +8,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use tinysse::config::{self, Command};
 use tinysse::{Config, Server};
 
+/// One heap for every thread, without glibc's per-thread caches: each of
+/// thousands of stream threads would otherwise keep its own tcache of freed
+/// blocks for its whole life.
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 /// Stack size for tiny_http's connection threads, which follow only
 /// `RUST_MIN_STACK`: they parse request heads and need little.
 const POOL_STACK: &str = "131072";

@@ -28,6 +28,31 @@ const STOP_DEADLINE: Duration = Duration::from_millis(1700);
 /// How long start-up waits for Redis (with `--redis`) before serving anyway.
 const REDIS_START_WAIT: Duration = Duration::from_secs(2);
 
+/// Memory mappings each stream thread takes: its stack and guard page, and
+/// the alternate signal stack and guard page std gives every thread.
+const MAPS_PER_THREAD: usize = 4;
+
+/// Mappings left for everything else: libraries, heaps, and tiny_http's
+/// connection threads during a burst of connects.
+const MAPS_RESERVED: usize = 6144;
+
+/// Streams that the kernel's limit on memory mappings per process
+/// (`vm.max_map_count`) leaves room for. Near that limit, starting a thread
+/// can fail half-way inside std (setting up its signal stack), which aborts
+/// the whole process instead of returning an error; so streams past it are
+/// refused with `503` like any stream over `--max-connections`.
+pub fn streams_allowed(max_map_count: usize) -> usize {
+    max_map_count.saturating_sub(MAPS_RESERVED) / MAPS_PER_THREAD
+}
+
+fn max_map_count() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// What every thread of a server shares.
 pub struct App {
     /// The validated options.
@@ -130,7 +155,17 @@ impl Server {
     ///
     /// # Errors
     /// [`StartError`] when the address cannot be bound or a thread started.
-    pub fn start(config: Config) -> Result<Server, StartError> {
+    pub fn start(mut config: Config) -> Result<Server, StartError> {
+        if let Some(maps) = max_map_count() {
+            let allowed = streams_allowed(maps);
+            if config.max_connections > allowed {
+                log::warn!(
+                    "--max-connections {} lowered to {allowed}: vm.max_map_count is {maps} and each stream thread takes {MAPS_PER_THREAD} memory mappings",
+                    config.max_connections
+                );
+                config.max_connections = allowed;
+            }
+        }
         let tcp = listener::bind(&config.host, config.port, config.write_timeout).map_err(|source| {
             StartError::Bind {
                 address: format!("{}:{}", config.host, config.port),
@@ -228,6 +263,7 @@ impl Server {
                 .unwrap_or_else(|p| p.into_inner())
                 .take(),
         );
+        self.app.broker.close();
         while self.app.stats.open_streams() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -246,5 +282,17 @@ impl Drop for Server {
         if self.dispatcher.is_some() {
             self.stop_now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_allowed_leaves_room_for_other_mappings() {
+        assert_eq!(streams_allowed(65530), 14846);
+        assert_eq!(streams_allowed(262_144), 64_000);
+        assert_eq!(streams_allowed(100), 0);
     }
 }

@@ -153,11 +153,14 @@ impl Stream {
         settings: &StreamSettings,
         shutdown_rx: &Receiver<()>,
     ) -> io::Result<CloseReason> {
-        let mut head = response_head(http10, settings.cors_origin.as_deref());
-        if let Some(ms) = settings.retry {
-            head.extend_from_slice(&event::encode_retry(ms));
+        // Scoped: the head's buffer is freed before the stream's long wait.
+        {
+            let mut head = response_head(http10, settings.cors_origin.as_deref());
+            if let Some(ms) = settings.retry {
+                head.extend_from_slice(&event::encode_retry(ms));
+            }
+            self.send(&head)?;
         }
-        self.send(&head)?;
 
         let ping = tick(settings.ping_interval);
         let mut pending: Vec<Arc<Event>> = Vec::new();
@@ -177,28 +180,30 @@ impl Stream {
                     }
                 }
             }
+            // Shutdown comes as a wake-up with the subscription closed (see
+            // `Broker::close`), not through `shutdown_rx`, which every stream
+            // would otherwise register with on each wait.
             Source::Channels(subscription) => {
                 subscription
                     .channels()
                     .iter()
                     .for_each(|c| crate::fault::panic_if_requested(c));
                 loop {
+                    // Closed before the drain: the drain then has every event
+                    // accepted before the stop.
+                    let closing = subscription.is_closed();
                     // Replay (or nothing) first, then whatever wakes us.
                     if let Err(Lagged) = subscription.drain(&mut pending) {
                         return Ok(CloseReason::Slow);
                     }
                     self.send_events(&pending)?;
                     pending.clear();
+                    if closing {
+                        return Ok(CloseReason::Shutdown);
+                    }
                     select! {
                         recv(subscription.wake_rx()) -> _ => {}
                         recv(ping) -> _ => self.send_ping()?,
-                        recv(shutdown_rx) -> _ => {
-                            // Deliver everything accepted before the stop.
-                            if subscription.drain(&mut pending).is_ok() {
-                                self.send_events(&pending)?;
-                            }
-                            return Ok(CloseReason::Shutdown);
-                        }
                     }
                 }
             }
