@@ -65,16 +65,9 @@ impl TestServer {
             full.extend(["--log".into(), "debug".into()]);
         }
         full.extend(args.iter().map(|s| s.to_string()));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tinysse"));
-        command
-            .args(&full)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("start the tinysse binary");
+        let mut child = binary_command(&full, env)
+            .spawn()
+            .expect("start the tinysse binary");
         let logs = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&logs);
@@ -250,6 +243,21 @@ const WRITE_SYSCALLS: [u64; 4] = [64, 66, 206, 211];
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const WRITE_SYSCALLS: [u64; 0] = [];
 
+/// The tinysse binary with `args` and `env`, stdin closed, stdout and
+/// stderr piped.
+fn binary_command<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tinysse"));
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+}
+
 /// Polls `condition` until it holds or `timeout` passes; returns whether it
 /// held.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
@@ -279,16 +287,9 @@ pub struct Finished {
 /// Runs the binary with `args` and `env` until it exits; kills it and fails
 /// the test when it runs longer than `timeout`.
 pub fn run_binary(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Finished {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tinysse"));
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("start the tinysse binary");
+    let mut child = binary_command(args, env)
+        .spawn()
+        .expect("start the tinysse binary");
     let read_all = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut text = String::new();
