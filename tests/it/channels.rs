@@ -748,3 +748,27 @@ fn shutdown_writes_every_accepted_event_before_ending_streams() {
         assert_eq!(ids(&events), published, "client {n}: {}", received(client));
     }
 }
+
+#[test]
+fn a_stream_refused_after_the_head_was_read_gets_a_json_503() {
+    // With every channel slot held by a subscribed channel, a stream to a new
+    // channel is refused by its own thread (which has only the raw
+    // connection): the answer is still a whole JSON error response.
+    let server = TestServer::start(&["--max-channels", "1", "--tick-interval", "0"]);
+    let mut held = SseClient::connect(server.addr, "/events?channel=held", &[]);
+    assert_eq!(held.status(), 200, "{}", held.head);
+    let refused = http(server.addr, "GET", "/events?channel=other", &[], b"");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(
+        refused.header("Content-Type").as_deref(),
+        Some("application/json")
+    );
+    assert!(refused.header("Retry-After").is_some(), "{}", refused.head);
+    let message = refused.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("maximum of 1 channels"), "{message}");
+    let id = publish(server.addr, "held", "still served");
+    assert_eq!(
+        held.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(id)
+    );
+}
