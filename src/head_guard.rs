@@ -53,10 +53,10 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::periodic::Periodic;
 
 /// How often the guard reads the socket table.
 pub const PERIOD: Duration = Duration::from_secs(2);
@@ -321,8 +321,7 @@ impl Tracker {
 /// The guard's thread. Stops when dropped.
 #[derive(Debug)]
 pub struct HeadGuard {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Periodic,
 }
 
 impl HeadGuard {
@@ -332,67 +331,62 @@ impl HeadGuard {
     /// # Errors
     /// When the thread cannot be started.
     pub fn start(port: u16, log: Arc<HeadLog>) -> io::Result<HeadGuard> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("head-guard".into())
-            .stack_size(crate::SMALL_STACK)
-            .spawn(move || run(port, &log, &stop_flag))?;
-        Ok(HeadGuard {
-            stop,
-            thread: Some(thread),
-        })
+        let mut cycle = Cycle {
+            port,
+            log,
+            tracker: Tracker::default(),
+            text: String::new(),
+            seen: Vec::new(),
+            warned: false,
+            pause: PERIOD,
+        };
+        let thread = Periodic::start("head-guard", PERIOD, move || cycle.run())?;
+        Ok(HeadGuard { _thread: thread })
     }
 }
 
-impl Drop for HeadGuard {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
-    }
+/// What the guard keeps from one read of the socket table to the next.
+struct Cycle {
+    port: u16,
+    log: Arc<HeadLog>,
+    tracker: Tracker,
+    text: String,
+    seen: Vec<Seen>,
+    warned: bool,
+    pause: Duration,
 }
 
-fn run(port: u16, log: &HeadLog, stop: &AtomicBool) {
-    let mut tracker = Tracker::default();
-    let mut text = String::new();
-    let mut seen = Vec::new();
-    let mut warned = false;
-    let mut pause = PERIOD;
-    while !stop.load(Ordering::Acquire) {
-        std::thread::park_timeout(pause);
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        seen.clear();
+impl Cycle {
+    /// One read of the socket table, closing the tricklers it finds; returns
+    /// the pause before the next.
+    fn run(&mut self) -> Duration {
+        self.seen.clear();
         let now = Instant::now();
         let mut read_any = false;
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             // Opened and closed within the cycle: one descriptor at most.
-            if read_table(table, &mut text).is_ok() {
+            if read_table(table, &mut self.text).is_ok() {
                 read_any = true;
-                parse_table(&text, port, &mut seen);
+                parse_table(&self.text, self.port, &mut self.seen);
             }
         }
         if !read_any {
-            if !warned {
+            if !self.warned {
                 log::warn!(
                     "cannot read /proc/net/tcp: clients that trickle their request head are not closed"
                 );
-                warned = true;
+                self.warned = true;
             }
-            log.take();
-            continue;
+            self.log.take();
+            return self.pause;
         }
-        let tricklers = tracker.update(now, &seen, log.take());
-        pause = PERIOD.max(now.elapsed() * CPU_SHARE);
+        let tricklers = self.tracker.update(now, &self.seen, self.log.take());
+        self.pause = PERIOD.max(now.elapsed() * CPU_SHARE);
         if !tricklers.is_empty() {
-            let closed = shut_down(&tricklers, port);
+            let closed = shut_down(&tricklers, self.port);
             for trickler in &tricklers {
                 if closed.contains(trickler) {
-                    tracker.forget(trickler.inode);
+                    self.tracker.forget(trickler.inode);
                     log::warn!(
                         "closed a connection that sent no complete request head in time ({} s; {} s after a previous request): peer={}",
                         HEAD_DEADLINE.as_secs(),
@@ -401,10 +395,11 @@ fn run(port: u16, log: &HeadLog, stop: &AtomicBool) {
                     );
                 } else {
                     // Not (or no longer) one of ours.
-                    tracker.exempt(trickler.inode);
+                    self.tracker.exempt(trickler.inode);
                 }
             }
         }
+        self.pause
     }
 }
 

@@ -21,6 +21,7 @@
 //! - [`publish`]: publish bodies;
 //! - [`metrics`] and [`stats`]: counters and their exposition;
 //! - [`listener`]: the listening socket's options;
+//! - [`periodic`]: background threads that work in rounds (keep-awake, head guard);
 //! - [`head_guard`]: closing connections that trickle their request head;
 //! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
@@ -39,6 +40,7 @@ pub mod http;
 pub mod listener;
 pub mod logger;
 pub mod metrics;
+pub mod periodic;
 pub mod publish;
 pub mod redis_bus;
 mod redis_reader;

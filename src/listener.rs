@@ -30,10 +30,9 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
+
+use crate::periodic::Periodic;
 
 /// How long a connection may be silent while tiny_http waits for a request
 /// head (a new request, or the next one on a kept-alive connection).
@@ -81,8 +80,7 @@ pub fn connect_address(bound: SocketAddr) -> SocketAddr {
 /// `accept()` never runs into the inherited read timeout. Stops when dropped.
 #[derive(Debug)]
 pub struct KeepAwake {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Periodic,
 }
 
 impl KeepAwake {
@@ -91,33 +89,13 @@ impl KeepAwake {
     /// # Errors
     /// When the thread cannot be started.
     pub fn start(addr: SocketAddr) -> io::Result<KeepAwake> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("keep-awake".into())
-            .stack_size(crate::SMALL_STACK)
-            .spawn(move || {
-                while !stop_flag.load(Ordering::Acquire) {
-                    // The connection is closed at once; tiny_http reads EOF
-                    // and forgets it. A failure is retried next time.
-                    let _ = TcpStream::connect_timeout(&addr, KEEP_AWAKE_EVERY);
-                    std::thread::park_timeout(KEEP_AWAKE_EVERY);
-                }
-            })?;
-        Ok(KeepAwake {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for KeepAwake {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
+        let thread = Periodic::start("keep-awake", Duration::ZERO, move || {
+            // The connection is closed at once; tiny_http reads EOF and
+            // forgets it. A failure is retried next time.
+            let _ = TcpStream::connect_timeout(&addr, KEEP_AWAKE_EVERY);
+            KEEP_AWAKE_EVERY
+        })?;
+        Ok(KeepAwake { _thread: thread })
     }
 }
 
