@@ -25,7 +25,7 @@ use crate::broker::{self, BrokerError, EventId};
 use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
 use crate::server::App;
-use crate::stats::CloseReason;
+use crate::stats::{CloseReason, StreamSlot};
 use crate::stream::{self, Source, Stream};
 
 /// Plain requests answered at once at most; more get `503`.
@@ -396,11 +396,10 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         .name(format!("sse-{}", params.peer))
         .stack_size(crate::SMALL_STACK)
         .spawn(move || {
-            let _slot = slot;
             let writer = writer_rx.recv();
             drop(writer_rx);
             if let Ok(writer) = writer {
-                serve_stream(&thread_app, writer, params);
+                serve_stream(&thread_app, writer, params, slot);
             }
         });
     match spawned {
@@ -419,7 +418,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
 /// take a while: hence here and not on the dispatch thread), then writes the
 /// head and runs the stream. The subscription exists before the head is
 /// sent, so an event published once the client sees the head reaches it.
-fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: StreamRequest) {
+fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: StreamRequest, slot: StreamSlot) {
     let StreamRequest {
         demo,
         channels: names,
@@ -460,6 +459,9 @@ fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: Strea
         log::error!("stream of {peer} panicked; closing it");
         CloseReason::Error
     });
+    // Free the slot first, so that /metrics never shows a stream both open
+    // and counted as disconnected.
+    drop(slot);
     app.stats.count_disconnect(reason);
     log::info!(
         "stream closed peer={peer} path={path} channels={channels} duration={} events={} reason={}",
