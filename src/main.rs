@@ -14,6 +14,32 @@ use tinysse::{Config, Server};
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
+/// Keeps std from giving every thread an alternate signal stack.
+///
+/// Before `main`, std installs a SIGSEGV/SIGBUS handler that prints "has
+/// overflowed its stack", and from then on maps an 8 KiB signal stack and a
+/// guard page for each new thread: two more memory mappings per stream
+/// thread, where the kernel allows 65,530 per process (`vm.max_map_count`),
+/// which capped a server at ~14,800 streams. std leaves both alone when the
+/// signals already have a handler, so this ELF constructor, which runs
+/// before std's set-up, sets them to "ignore". A real fault is still fatal:
+/// the kernel resets an ignored SIGSEGV or SIGBUS that it raises for a
+/// faulting access to the default action and the process dies with it, as
+/// before, only without std's message.
+#[used]
+#[link_section = ".init_array"]
+static NO_SIGNAL_STACKS: extern "C" fn() = ignore_fault_signals_before_std;
+
+extern "C" fn ignore_fault_signals_before_std() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGSEGV, Signal::SIGBUS] {
+        // SAFETY: runs before `main`, single-threaded, and installs no
+        // handler function, only the kernel's "ignore" disposition.
+        let _ = unsafe { sigaction(signal, &ignore) };
+    }
+}
+
 /// Stack size for tiny_http's connection threads, which follow only
 /// `RUST_MIN_STACK`: they parse request heads and need little.
 const POOL_STACK: &str = "131072";
@@ -58,6 +84,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(warning) = config.exposure_warning() {
         log::warn!("{warning}");
     }
+    tinysse::server::threads_have_no_signal_stack();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let server = Server::start(config)?;
     println!("tinysse listening on http://{}", server.local_addr());

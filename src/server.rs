@@ -29,8 +29,17 @@ const STOP_DEADLINE: Duration = Duration::from_millis(1700);
 const REDIS_START_WAIT: Duration = Duration::from_secs(2);
 
 /// Memory mappings each stream thread takes: its stack and guard page, and
-/// the alternate signal stack and guard page std gives every thread.
-const MAPS_PER_THREAD: usize = 4;
+/// the alternate signal stack and guard page std gives every thread unless
+/// told not to (see [`threads_have_no_signal_stack`]).
+static MAPS_PER_THREAD: AtomicUsize = AtomicUsize::new(4);
+
+/// Tells the server that new threads get no alternate signal stack (the
+/// `tinysse` binary sees to that before `main`), so that each stream thread
+/// takes 2 memory mappings instead of 4 and more streams fit under
+/// `vm.max_map_count`.
+pub fn threads_have_no_signal_stack() {
+    MAPS_PER_THREAD.store(2, Ordering::Relaxed);
+}
 
 /// Mappings left for everything else: libraries, heaps, and tiny_http's
 /// connection threads during a burst of connects.
@@ -41,8 +50,8 @@ const MAPS_RESERVED: usize = 6144;
 /// can fail half-way inside std (setting up its signal stack), which aborts
 /// the whole process instead of returning an error; so streams past it are
 /// refused with `503` like any stream over `--max-connections`.
-pub fn streams_allowed(max_map_count: usize) -> usize {
-    max_map_count.saturating_sub(MAPS_RESERVED) / MAPS_PER_THREAD
+pub fn streams_allowed(max_map_count: usize, maps_per_thread: usize) -> usize {
+    max_map_count.saturating_sub(MAPS_RESERVED) / maps_per_thread.max(1)
 }
 
 fn max_map_count() -> Option<usize> {
@@ -157,10 +166,11 @@ impl Server {
     /// [`StartError`] when the address cannot be bound or a thread started.
     pub fn start(mut config: Config) -> Result<Server, StartError> {
         if let Some(maps) = max_map_count() {
-            let allowed = streams_allowed(maps);
+            let maps_per_thread = MAPS_PER_THREAD.load(Ordering::Relaxed);
+            let allowed = streams_allowed(maps, maps_per_thread);
             if config.max_connections > allowed {
                 log::warn!(
-                    "--max-connections {} lowered to {allowed}: vm.max_map_count is {maps} and each stream thread takes {MAPS_PER_THREAD} memory mappings",
+                    "--max-connections {} lowered to {allowed}: vm.max_map_count is {maps} and each stream thread takes {maps_per_thread} memory mappings",
                     config.max_connections
                 );
                 config.max_connections = allowed;
@@ -291,8 +301,10 @@ mod tests {
 
     #[test]
     fn streams_allowed_leaves_room_for_other_mappings() {
-        assert_eq!(streams_allowed(65530), 14846);
-        assert_eq!(streams_allowed(262_144), 64_000);
-        assert_eq!(streams_allowed(100), 0);
+        assert_eq!(streams_allowed(65530, 4), 14846);
+        assert_eq!(streams_allowed(262_144, 4), 64_000);
+        assert_eq!(streams_allowed(100, 4), 0);
+        // Without std's signal stacks (the binary's case), 19,000 fit.
+        assert_eq!(streams_allowed(65530, 2), 29693);
     }
 }

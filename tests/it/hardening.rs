@@ -415,3 +415,36 @@ fn trickled_request_heads_are_closed_after_ten_seconds_and_streams_are_not() {
         .count();
     assert_eq!(warned, 20, "one warning per trickler, with its peer:\n{logs}");
 }
+
+/// Memory mappings of the server process, from `/proc/<pid>/maps`.
+fn memory_mappings(server: &TestServer) -> usize {
+    std::fs::read_to_string(format!("/proc/{}/maps", server.pid()))
+        .expect("read maps")
+        .lines()
+        .count()
+}
+
+#[test]
+fn a_stream_thread_takes_two_memory_mappings_not_four() {
+    // The kernel allows 65,530 mappings per process by default; with std's
+    // alternate signal stack (and its guard page) a thread takes 4, which
+    // capped a server near 14,800 streams. The binary turns those off.
+    const STREAMS: usize = 40;
+    let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "1m"]);
+    assert_eq!(get(server.addr, "/health").status, 200);
+    let (threads_before, maps_before) = (server.threads(), memory_mappings(&server));
+    let _clients: Vec<SseClient> = (0..STREAMS)
+        .map(|_| SseClient::connect(server.addr, "/events?channel=maps", &[]))
+        .collect();
+    wait_open_streams(&server, STREAMS as u64);
+    let (threads, maps) = (server.threads(), memory_mappings(&server));
+    let new_threads = threads.saturating_sub(threads_before);
+    let new_maps = maps.saturating_sub(maps_before);
+    assert!(new_threads >= STREAMS, "{threads_before} -> {threads} threads");
+    // 2 per thread (stack and guard page), plus some for the heap; 4 per
+    // thread with std's signal stacks.
+    assert!(
+        new_maps < 3 * new_threads,
+        "{new_maps} new mappings for {new_threads} new threads"
+    );
+}
