@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 streams=$1
 shift
 port=${BENCH_PORT:-8100}
-bin=target/release/tinysse
+bin=${BENCH_BIN:-target/release/tinysse}
 log=${BENCH_LOG:-/tmp/tinysse-bench.log}
 "$bin" --port "$port" --max-connections 20000 --tick-interval 0 ${BENCH_SERVER_FLAGS:-} >/dev/null 2>"$log" &
 pid=$!
