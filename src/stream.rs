@@ -1,6 +1,8 @@
-//! One stream's life: write the head, then wait in `select!` for the demo
-//! ticker, published events, the ping ticker or shutdown, and write each as
-//! it comes, flushed at once. A failed write means the client left.
+//! One stream's life: write the head, then wait for the demo ticker (in
+//! `select!`, with the ping ticker and shutdown) or for a wake-up of its
+//! subscription (published events, shutdown) until the next ping is due, and
+//! write each as it comes, flushed at once. A failed write means the client
+//! left.
 //!
 //! Why not tiny_http's `Response`: with a streaming body it chunk-encodes into
 //! an 8 KiB buffer that is not flushed per event (events arrive seconds late),
@@ -162,10 +164,10 @@ impl Stream {
             self.send(&head)?;
         }
 
-        let ping = tick(settings.ping_interval);
         let mut pending: Vec<Arc<Event>> = Vec::new();
         match source {
             Source::Demo { first_id, every } => {
+                let ping = tick(settings.ping_interval);
                 let ticker = every.map_or_else(never, tick);
                 let mut next_id = *first_id;
                 self.send_demo_event(next_id)?;
@@ -184,6 +186,7 @@ impl Stream {
             // `Broker::close`), not through `shutdown_rx`, which every stream
             // would otherwise register with on each wait.
             Source::Channels(subscription) => {
+                let mut next_ping = Instant::now() + settings.ping_interval;
                 subscription
                     .channels()
                     .iter()
@@ -201,9 +204,9 @@ impl Stream {
                     if closing {
                         return Ok(CloseReason::Shutdown);
                     }
-                    select! {
-                        recv(subscription.wake_rx()) -> _ => {}
-                        recv(ping) -> _ => self.send_ping()?,
+                    if !subscription.wait(next_ping) {
+                        self.send_ping()?;
+                        next_ping = Instant::now() + settings.ping_interval;
                     }
                 }
             }
