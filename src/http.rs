@@ -21,7 +21,7 @@ use crossbeam_channel::Receiver;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::broker::{self, BrokerError, EventId};
+use crate::broker::{self, BrokerError, EventId, PendingFanOut};
 use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
 use crate::server::App;
@@ -499,12 +499,18 @@ fn raw_error_response(error: &ApiError, http10: bool, cors_origin: Option<&str>)
 
 fn handle_publish(app: &Arc<App>, mut request: Request, query: &str) {
     match publish_request(app, &mut request, query) {
-        Ok(body) => respond_json(app, request, 200, &body),
+        // The subscribers are woken once the answer is out (see
+        // `broker::PendingFanOut`): `_fan_out` is dropped last.
+        Ok((body, _fan_out)) => respond_json(app, request, 200, &body),
         Err(error) => respond_error(app, request, error),
     }
 }
 
-fn publish_request(app: &App, request: &mut Request, query: &str) -> Result<serde_json::Value, ApiError> {
+fn publish_request(
+    app: &App,
+    request: &mut Request,
+    query: &str,
+) -> Result<(serde_json::Value, Option<PendingFanOut>), ApiError> {
     if let Some(token) = &app.config.publish_token {
         let given = request
             .headers()
@@ -534,11 +540,17 @@ fn publish_request(app: &App, request: &mut Request, query: &str) -> Result<serd
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);
-    let published = match &app.redis {
-        Some(bus) => bus.publish(&event.channel, event.event.as_deref(), &event.data)?,
-        None => app
-            .broker
-            .publish(&event.channel, event.event.as_deref(), &event.data)?,
+    let (published, fan_out) = match &app.redis {
+        Some(bus) => (
+            bus.publish(&event.channel, event.event.as_deref(), &event.data)?,
+            None,
+        ),
+        None => {
+            let (published, fan_out) =
+                app.broker
+                    .publish_later(&event.channel, event.event.as_deref(), &event.data)?;
+            (published, Some(fan_out))
+        }
     };
     app.stats.count_published();
     log::debug!(
@@ -547,11 +559,12 @@ fn publish_request(app: &App, request: &mut Request, query: &str) -> Result<serd
         event.channel,
         published.subscribers
     );
-    Ok(json!({
+    let body = json!({
         "id": published.id.to_string(),
         "channel": event.channel,
         "subscribers": published.subscribers,
-    }))
+    });
+    Ok((body, fan_out))
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
