@@ -448,3 +448,49 @@ fn a_stream_thread_takes_two_memory_mappings_not_four() {
         "{new_maps} new mappings for {new_threads} new threads"
     );
 }
+
+#[test]
+fn the_server_accepts_again_after_running_out_of_descriptors() {
+    // Streams notice their clients left at their next ping.
+    let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "200ms"]);
+    assert_eq!(get(server.addr, "/health").status, 200);
+    let pid = server.pid() as i32;
+    let (mut soft, mut hard) = (0u64, 0u64);
+    rlimit::prlimit(pid, rlimit::Resource::NOFILE, None, Some((&mut soft, &mut hard))).unwrap();
+    // Room for a few streams only: accept() fails with EMFILE, which stops
+    // tiny_http's acceptor.
+    let tight = server.fds() as u64 + 12;
+    rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((tight, hard)), None).unwrap();
+    let clients: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut client = TcpStream::connect(server.addr).unwrap();
+            client
+                .write_all(b"GET /events?channel=fds HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            client
+        })
+        .collect();
+    assert!(
+        wait_until(LONG, || server.logs().contains("restarting the acceptor")),
+        "the descriptors never ran out:\n{}",
+        server.logs()
+    );
+    drop(clients);
+    rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((soft, hard)), None).unwrap();
+    // Once descriptors are free again, new connections are accepted.
+    let health = wait_until(LONG, || {
+        let mut client = TcpStream::connect(server.addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        client
+            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer);
+        answer.starts_with(b"HTTP/1.1 200")
+    });
+    assert!(
+        health,
+        "no answer after the descriptors came back:\n{}",
+        server.logs()
+    );
+}
