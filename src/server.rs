@@ -54,6 +54,21 @@ pub fn streams_allowed(max_map_count: usize, maps_per_thread: usize) -> usize {
     max_map_count.saturating_sub(MAPS_RESERVED) / maps_per_thread.max(1)
 }
 
+/// Descriptors kept for everything but open streams (a quarter of the
+/// limit when that is less): the server's own files, publishers and other
+/// plain requests, `503` answers past the stream limit, and the second
+/// descriptor tiny_http holds for each new connection until its read
+/// timeout.
+pub const FDS_RESERVED: usize = 512;
+
+/// Streams the open files limit leaves room for. A stream holds one
+/// descriptor; were the limit reached, `accept` would fail and new
+/// connections would wait unanswered instead of getting `503`.
+pub fn streams_allowed_by_open_files(open_files: u64) -> usize {
+    let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+    open_files - FDS_RESERVED.min(open_files / 4)
+}
+
 fn max_map_count() -> Option<usize> {
     std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()?
@@ -171,6 +186,16 @@ impl Server {
             if config.max_connections > allowed {
                 log::warn!(
                     "--max-connections {} lowered to {allowed}: vm.max_map_count is {maps} and each stream thread takes {maps_per_thread} memory mappings",
+                    config.max_connections
+                );
+                config.max_connections = allowed;
+            }
+        }
+        if let Ok((open_files, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+            let allowed = streams_allowed_by_open_files(open_files);
+            if config.max_connections > allowed {
+                log::warn!(
+                    "--max-connections {} lowered to {allowed}: the open files limit is {open_files}, and some are kept for connections that are not streams",
                     config.max_connections
                 );
                 config.max_connections = allowed;
@@ -306,5 +331,14 @@ mod tests {
         assert_eq!(streams_allowed(100, 4), 0);
         // Without std's signal stacks (the binary's case), 19,000 fit.
         assert_eq!(streams_allowed(65530, 2), 29693);
+    }
+
+    #[test]
+    fn streams_allowed_by_open_files_keeps_a_reserve() {
+        assert_eq!(streams_allowed_by_open_files(20_000), 19_488);
+        assert_eq!(streams_allowed_by_open_files(1024), 768);
+        assert_eq!(streams_allowed_by_open_files(100), 75);
+        assert_eq!(streams_allowed_by_open_files(0), 0);
+        assert_eq!(streams_allowed_by_open_files(u64::MAX), usize::MAX - 512);
     }
 }
