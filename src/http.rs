@@ -472,7 +472,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Box<dyn Write + Send>>(1);
     let thread_app = Arc::clone(app);
     let spawned = std::thread::Builder::new()
-        .name(format!("sse-{}", params.peer))
+        .name("sse-stream".into())
         .stack_size(crate::SMALL_STACK)
         .spawn(move || {
             let writer = writer_rx.recv();
