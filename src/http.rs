@@ -13,9 +13,7 @@
 
 use std::io::{Cursor, Read, Write};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +21,7 @@ use crossbeam_channel::Receiver;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
+use crate::acceptor::{self, Acceptor};
 use crate::broker::{self, BrokerError, EventId, PendingFanOut};
 use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
@@ -133,12 +132,12 @@ fn route(method: &Method, path: &str) -> Route {
     Route::Plain(plain)
 }
 
-/// Accepts requests until the app stops. tiny_http's acceptor can end on an
-/// accept timeout (see `listener`); a new server is then built on the same
-/// listener.
+/// Accepts requests until the app stops. tiny_http's acceptor thread can
+/// end (an accept timeout, see `listener`; no descriptor left, see
+/// `acceptor`); a new one is then started on the same listener.
 pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
-    let mut acceptor = match Acceptor::start(listener) {
-        Ok(acceptor) => acceptor,
+    let mut current = match Acceptor::start(listener) {
+        Ok(started) => started,
         Err(e) => {
             log::error!("cannot start accepting connections: {e}");
             return;
@@ -146,19 +145,19 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
     };
     let mut checked = Instant::now();
     while !app.is_stopping() {
-        if checked.elapsed() >= ACCEPTOR_CHECK {
+        if checked.elapsed() >= acceptor::CHECK_EVERY {
             checked = Instant::now();
-            if !acceptor.is_alive() {
+            if !current.is_alive() {
                 log::warn!(
                     "tiny_http's acceptor thread ended (out of descriptors?); restarting the acceptor"
                 );
-                match restart_acceptor(app, listener) {
-                    Some(fresh) => acceptor = fresh,
+                match acceptor::restart(listener, || app.is_stopping()) {
+                    Some(fresh) => current = fresh,
                     None => return,
                 }
             }
         }
-        match acceptor.server.recv_timeout(Duration::from_millis(100)) {
+        match current.server().recv_timeout(Duration::from_millis(100)) {
             Ok(Some(request)) => {
                 let app = Arc::clone(app);
                 let outcome = catch_unwind(AssertUnwindSafe(move || handle(&app, request)));
@@ -169,82 +168,10 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
             Ok(None) => {}
             Err(e) => {
                 log::warn!("accept failed ({e}); restarting the acceptor");
-                match restart_acceptor(app, listener) {
-                    Some(fresh) => acceptor = fresh,
+                match acceptor::restart(listener, || app.is_stopping()) {
+                    Some(fresh) => current = fresh,
                     None => return,
                 }
-            }
-        }
-    }
-}
-
-/// How often a failed restart of the acceptor is tried again.
-const ACCEPTOR_RETRY: Duration = Duration::from_millis(100);
-
-/// How often the dispatcher checks that the acceptor thread lives.
-const ACCEPTOR_CHECK: Duration = Duration::from_millis(100);
-
-/// A tiny_http server, and a way to tell that its acceptor thread is gone.
-///
-/// tiny_http reports a failed `accept` once, as an error from `recv`, and
-/// its acceptor thread then ends. But when an accepted socket cannot be
-/// duplicated (no descriptor left) the acceptor panics (an `unwrap` in
-/// tiny_http 0.12) and nothing is reported: the server would accept nothing
-/// more, for good. The acceptor thread owns the listener's clone it was
-/// given, so its end closes that descriptor: the clone's `/proc/self/fd`
-/// entry still naming the listening socket tells that it lives.
-struct Acceptor {
-    server: tiny_http::Server,
-    /// The clone's `/proc/self/fd/N` and its link while the acceptor lives
-    /// (`None`: no `/proc`, cannot tell).
-    probe: Option<(PathBuf, PathBuf)>,
-}
-
-impl Acceptor {
-    fn start(listener: &TcpListener) -> Result<Acceptor, String> {
-        let clone = listener.try_clone().map_err(|e| e.to_string())?;
-        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", clone.as_raw_fd()));
-        let probe = std::fs::read_link(&fd_path).ok().map(|link| (fd_path, link));
-        let server = tiny_http::Server::from_listener(clone, None).map_err(|e| e.to_string())?;
-        Ok(Acceptor { server, probe })
-    }
-
-    fn is_alive(&self) -> bool {
-        match &self.probe {
-            Some((path, link)) => std::fs::read_link(path).is_ok_and(|now| &now == link),
-            None => true,
-        }
-    }
-}
-
-/// Builds a new tiny_http server on `listener` after its acceptor stopped,
-/// trying again every [`ACCEPTOR_RETRY`] until it can (the usual cause, no
-/// descriptor left, also stops the listener's clone) or the app stops.
-/// Connections made meanwhile wait in the listen backlog. tiny_http reports
-/// a stopped acceptor only once: giving up after one failed try left the
-/// server accepting nothing, for good.
-fn restart_acceptor(app: &App, listener: &TcpListener) -> Option<Acceptor> {
-    let mut failures = 0u32;
-    loop {
-        match Acceptor::start(listener) {
-            Ok(server) => {
-                if failures > 0 {
-                    log::warn!("acceptor restarted after {failures} failed tries");
-                }
-                return Some(server);
-            }
-            Err(e) => {
-                if failures == 0 {
-                    log::error!(
-                        "cannot restart the acceptor: {e}; retrying every {} ms",
-                        ACCEPTOR_RETRY.as_millis()
-                    );
-                }
-                failures += 1;
-                if app.is_stopping() {
-                    return None;
-                }
-                std::thread::sleep(ACCEPTOR_RETRY);
             }
         }
     }

@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod acceptor;
 pub mod broker;
 pub mod config;
 pub mod event;
