@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use nix::sys::signal::Signal;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tinysse::config::{self, Command};
 use tinysse::{Config, Server};
@@ -31,13 +32,31 @@ static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 static NO_SIGNAL_STACKS: extern "C" fn() = ignore_fault_signals_before_std;
 
 extern "C" fn ignore_fault_signals_before_std() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
     for signal in [Signal::SIGSEGV, Signal::SIGBUS] {
         // SAFETY: runs before `main`, single-threaded, and installs no
         // handler function, only the kernel's "ignore" disposition.
         let _ = unsafe { sigaction(signal, &ignore) };
     }
+}
+
+/// True when SIGSEGV and SIGBUS are ignored, as
+/// [`ignore_fault_signals_before_std`] left them, so that std gave threads
+/// no signal stacks (read from `/proc/self/status`; false if unreadable).
+fn fault_signals_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let ignored = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+    let bit = |signal: i32| 1u64 << (signal - 1);
+    ignored.is_some_and(|mask| {
+        let wanted = bit(Signal::SIGSEGV as i32) | bit(Signal::SIGBUS as i32);
+        mask & wanted == wanted
+    })
 }
 
 /// Stack size for tiny_http's connection threads, which follow only
@@ -90,7 +109,9 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(warning) = config.exposure_warning() {
         log::warn!("{warning}");
     }
-    tinysse::server::threads_have_no_signal_stack();
+    if fault_signals_ignored() {
+        tinysse::server::threads_have_no_signal_stack();
+    }
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let server = Server::start(config)?;
     println!("tinysse listening on http://{}", server.local_addr());
