@@ -434,10 +434,8 @@ impl Broker {
     /// Tells every subscription to end: from now on [`Subscription::is_closed`]
     /// is true, and every subscriber is woken to drain what is left.
     ///
-    /// Shutdown goes through each subscriber's own wake channel rather than
-    /// one channel that every stream also selects on: `select!` registers and
-    /// unregisters with each channel it waits on, and on a channel shared by
-    /// N waiting streams that is a lock and an O(N) search per wake-up.
+    /// Shutdown goes through each subscriber's own wake-up, the one events
+    /// use, so that a waiting stream watches nothing else.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();

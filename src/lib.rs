@@ -1,9 +1,10 @@
 //! tinysse: a small Server-Sent Events push server.
 //!
 //! A synchronous `tiny_http` server accepts requests; every stream gets its
-//! own thread, which waits with `crossbeam_channel::select!` on its tickers,
-//! its subscription and the shutdown signal, and writes each event to the
-//! client as it comes. A failed write is how it learns the client left.
+//! own thread, which waits (the demo stream in `crossbeam_channel::select!`
+//! on its tickers and the shutdown signal, a channel stream parked until its
+//! subscription is woken or its next ping is due) and writes each event to
+//! the client as it comes. A failed write is how it learns the client left.
 //!
 //! ```no_run
 //! let config = tinysse::Config { port: 0, ..tinysse::Config::default() };
