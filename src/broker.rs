@@ -126,6 +126,18 @@ pub fn validate_channel(name: &str) -> Result<(), BrokerError> {
     }
 }
 
+/// Checks what a publish names: its channel and, if any, its event name.
+///
+/// # Errors
+/// [`BrokerError`] naming the first problem.
+pub fn validate_publish(channel: &str, event_name: Option<&str>) -> Result<(), BrokerError> {
+    validate_channel(channel)?;
+    if let Some(name) = event_name {
+        event::validate_event_name(name)?;
+    }
+    Ok(())
+}
+
 /// Checks the channel list of a subscription: each name valid, at most
 /// [`MAX_CHANNELS_PER_STREAM`] once duplicates are removed.
 ///
@@ -337,10 +349,7 @@ impl Broker {
         event_name: Option<&str>,
         data: &str,
     ) -> Result<(Published, PendingFanOut), BrokerError> {
-        validate_channel(channel)?;
-        if let Some(name) = event_name {
-            event::validate_event_name(name)?;
-        }
+        validate_publish(channel, event_name)?;
         let mut registry = lock(&self.registry);
         let target = registry.channel(channel, self.config.max_channels)?;
         let id = (registry.last_id + 1).max(now_micros());

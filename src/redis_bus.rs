@@ -39,7 +39,6 @@ use crossbeam_channel::Sender;
 use redis::Value;
 
 use crate::broker::{self, Broker, BrokerError, EventId, Published};
-use crate::event;
 use crate::redis_reply::parse_entries;
 
 /// Key of the newest id assigned.
@@ -372,10 +371,7 @@ impl RedisBus {
         event_name: Option<&str>,
         data: &str,
     ) -> Result<Published, BusError> {
-        broker::validate_channel(channel)?;
-        if let Some(name) = event_name {
-            event::validate_event_name(name).map_err(BrokerError::from)?;
-        }
+        broker::validate_publish(channel, event_name)?;
         let floor = self.shared.broker.last_id();
         let key = channel_key(channel);
         let text: String = self.shared.with_connection(COMMAND_TIMEOUT, |con| {
