@@ -145,33 +145,31 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
     };
     let mut checked = Instant::now();
     while !app.is_stopping() {
-        if checked.elapsed() >= acceptor::CHECK_EVERY {
-            checked = Instant::now();
-            if !current.is_alive() {
-                log::warn!(
-                    "tiny_http's acceptor thread ended (out of descriptors?); restarting the acceptor"
-                );
-                match acceptor::restart(listener, || app.is_stopping()) {
-                    Some(fresh) => current = fresh,
-                    None => return,
-                }
-            }
-        }
-        match current.server().recv_timeout(Duration::from_millis(100)) {
+        let stopped = match current.server().recv_timeout(Duration::from_millis(100)) {
             Ok(Some(request)) => {
                 let app = Arc::clone(app);
                 let outcome = catch_unwind(AssertUnwindSafe(move || handle(&app, request)));
                 if outcome.is_err() {
                     log::error!("a request handler panicked; the connection was closed");
                 }
+                None
             }
-            Ok(None) => {}
-            Err(e) => {
-                log::warn!("accept failed ({e}); restarting the acceptor");
-                match acceptor::restart(listener, || app.is_stopping()) {
-                    Some(fresh) => current = fresh,
-                    None => return,
-                }
+            Ok(None) => None,
+            Err(e) => Some(format!("accept failed ({e})")),
+        };
+        let stopped = stopped.or_else(|| {
+            if checked.elapsed() < acceptor::CHECK_EVERY {
+                return None;
+            }
+            checked = Instant::now();
+            let ended = "tiny_http's acceptor thread ended (out of descriptors?)";
+            (!current.is_alive()).then(|| ended.to_string())
+        });
+        if let Some(why) = stopped {
+            log::warn!("{why}; restarting the acceptor");
+            match acceptor::restart(listener, || app.is_stopping()) {
+                Some(fresh) => current = fresh,
+                None => return,
             }
         }
     }
