@@ -69,6 +69,17 @@ pub fn streams_allowed_by_open_files(open_files: u64) -> usize {
     open_files - FDS_RESERVED.min(open_files / 4)
 }
 
+/// Lowers `--max-connections` to `allowed` if it is above, saying `why`.
+fn lower_max_connections(config: &mut Config, allowed: usize, why: std::fmt::Arguments<'_>) {
+    if config.max_connections > allowed {
+        log::warn!(
+            "--max-connections {} lowered to {allowed}: {why}",
+            config.max_connections
+        );
+        config.max_connections = allowed;
+    }
+}
+
 fn max_map_count() -> Option<usize> {
     std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()?
@@ -182,24 +193,22 @@ impl Server {
     pub fn start(mut config: Config) -> Result<Server, StartError> {
         if let Some(maps) = max_map_count() {
             let maps_per_thread = MAPS_PER_THREAD.load(Ordering::Relaxed);
-            let allowed = streams_allowed(maps, maps_per_thread);
-            if config.max_connections > allowed {
-                log::warn!(
-                    "--max-connections {} lowered to {allowed}: vm.max_map_count is {maps} and each stream thread takes {maps_per_thread} memory mappings",
-                    config.max_connections
-                );
-                config.max_connections = allowed;
-            }
+            lower_max_connections(
+                &mut config,
+                streams_allowed(maps, maps_per_thread),
+                format_args!(
+                    "vm.max_map_count is {maps} and each stream thread takes {maps_per_thread} memory mappings"
+                ),
+            );
         }
         if let Ok((open_files, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
-            let allowed = streams_allowed_by_open_files(open_files);
-            if config.max_connections > allowed {
-                log::warn!(
-                    "--max-connections {} lowered to {allowed}: the open files limit is {open_files}, and some are kept for connections that are not streams",
-                    config.max_connections
-                );
-                config.max_connections = allowed;
-            }
+            lower_max_connections(
+                &mut config,
+                streams_allowed_by_open_files(open_files),
+                format_args!(
+                    "the open files limit is {open_files}, and some are kept for connections that are not streams"
+                ),
+            );
         }
         let tcp = listener::bind(&config.host, config.port, config.write_timeout).map_err(|source| {
             StartError::Bind {
