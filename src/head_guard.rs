@@ -150,25 +150,26 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
 /// Addresses are printed by the kernel as 32-bit words in the machine's
 /// byte order (`%08X` of a network-order word), ports in plain hex.
 ///
-/// The table is read a line at a time, never held whole. (It is 150 bytes per socket of the network namespace, TIME_WAIT
-/// included: megabytes at 10,000 connections, and a buffer grown that big
-/// would stay in the server's RSS for good.) `line` is a reused buffer.
+/// The table is read a line at a time, never held whole: it is 150 bytes
+/// per socket of the network namespace, TIME_WAIT included, megabytes at
+/// 10,000 connections, and a buffer grown that big would stay in the
+/// server's RSS for good. `line` is a reused buffer.
 pub fn parse_table(
     mut table: impl BufRead,
     port: u16,
     line: &mut String,
     out: &mut Vec<Seen>,
 ) -> io::Result<()> {
-    let mut header = true;
+    // The first line is the column header.
+    line.clear();
+    table.read_line(line)?;
     loop {
         line.clear();
         if table.read_line(line)? == 0 {
             return Ok(());
         }
-        if !std::mem::take(&mut header) {
-            if let Some(seen) = parse_line(line.trim_end(), port) {
-                out.push(seen);
-            }
+        if let Some(seen) = parse_line(line.trim_end(), port) {
+            out.push(seen);
         }
     }
 }
