@@ -238,6 +238,15 @@ struct Channel {
     last_used: AtomicU64,
 }
 
+impl Channel {
+    /// Wakes every subscriber of the channel now.
+    fn wake_members(&self) {
+        for subscriber in lock(&self.members).iter() {
+            subscriber.wake();
+        }
+    }
+}
+
 struct Ring {
     events: VecDeque<Arc<Event>>,
     /// Id of the newest event pushed out of the ring (0: none).
@@ -449,10 +458,7 @@ impl Broker {
         self.closed.store(true, Ordering::Release);
         let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();
         for channel in channels {
-            let subscribers: Vec<Arc<Subscriber>> = lock(&channel.members).clone();
-            for subscriber in subscribers {
-                subscriber.wake();
-            }
+            channel.wake_members();
         }
     }
 
@@ -753,9 +759,7 @@ impl Broker {
         registry.last_id = id;
         self.committed.store(id, Ordering::Release);
         for channel in registry.channels.values() {
-            for subscriber in lock(&channel.members).iter() {
-                subscriber.wake();
-            }
+            channel.wake_members();
         }
     }
 
