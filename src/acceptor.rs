@@ -4,31 +4,83 @@
 //! `accept` once, as an error from `recv`, and the thread then ends; and when
 //! an accepted socket cannot be duplicated (no descriptor left) it panics
 //! (an `unwrap` in tiny_http 0.12) and nothing is reported at all. Either
-//! way the server would accept nothing more, for good. [`Acceptor`] tells
-//! whether the thread lives, and [`restart`] builds a new one on the same
-//! listener, trying until it can; connections made meanwhile wait in the
-//! listen backlog.
+//! way the server would accept nothing more, for good. [`Acceptor`] notices
+//! both and starts a new tiny_http server on the same listener, trying until
+//! it can; connections made meanwhile wait in the listen backlog.
+//!
+//! Connections that the old server accepted keep sending their requests
+//! (the next request of a kept-alive publisher, say) to that server's
+//! queue, so an old server is kept and read too, or those requests would
+//! wait for ever.
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How often a failed restart is tried again.
-pub const RETRY_EVERY: Duration = Duration::from_millis(100);
+use tiny_http::Request;
 
-/// How often the dispatcher should check that the acceptor lives.
-pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How long to wait before starting a new acceptor, and between failed
+/// tries: what stopped the last one (no descriptor left) rarely clears at
+/// once.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the acceptor thread is checked for life.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Replaced servers kept for their connections' requests; past that the
+/// oldest is let go (its connections' next requests then get `500`).
+const RETIRED_MAX: usize = 16;
+
+/// While replaced servers are kept, how long one wait on the running server
+/// lasts at most, so that theirs are read often enough.
+const RETIRED_POLL: Duration = Duration::from_millis(10);
+
+/// What [`Acceptor::next`] got.
+pub enum Next {
+    /// A request to handle.
+    Request(Request),
+    /// None within the wait.
+    Nothing,
+    /// The server is stopping (found while restarting the acceptor).
+    Stopping,
+}
+
+/// tiny_http's server on a listener, restarted whenever its acceptor thread
+/// stops.
+pub struct Acceptor {
+    running: Running,
+    /// Servers replaced by a restart, still read for their connections.
+    retired: Vec<tiny_http::Server>,
+    checked: Instant,
+}
 
 /// A tiny_http server, and a way to tell that its acceptor thread is gone:
 /// the thread owns the listener's clone it was given, so its end closes
 /// that descriptor, and the clone's `/proc/self/fd` entry still naming the
 /// listening socket tells that it lives.
-pub struct Acceptor {
+struct Running {
     server: tiny_http::Server,
     /// The clone's `/proc/self/fd/N` and its link while the acceptor lives
     /// (`None`: no `/proc`, cannot tell).
     probe: Option<(PathBuf, PathBuf)>,
+}
+
+impl Running {
+    fn start(listener: &TcpListener) -> Result<Running, String> {
+        let clone = listener.try_clone().map_err(|e| e.to_string())?;
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", clone.as_raw_fd()));
+        let probe = std::fs::read_link(&fd_path).ok().map(|link| (fd_path, link));
+        let server = tiny_http::Server::from_listener(clone, None).map_err(|e| e.to_string())?;
+        Ok(Running { server, probe })
+    }
+
+    fn is_alive(&self) -> bool {
+        match &self.probe {
+            Some((path, link)) => std::fs::read_link(path).is_ok_and(|now| &now == link),
+            None => true,
+        }
+    }
 }
 
 impl Acceptor {
@@ -37,55 +89,83 @@ impl Acceptor {
     /// # Errors
     /// The clone's or tiny_http's error, as text.
     pub fn start(listener: &TcpListener) -> Result<Acceptor, String> {
-        let clone = listener.try_clone().map_err(|e| e.to_string())?;
-        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", clone.as_raw_fd()));
-        let probe = std::fs::read_link(&fd_path).ok().map(|link| (fd_path, link));
-        let server = tiny_http::Server::from_listener(clone, None).map_err(|e| e.to_string())?;
-        Ok(Acceptor { server, probe })
+        Ok(Acceptor {
+            running: Running::start(listener)?,
+            retired: Vec::new(),
+            checked: Instant::now(),
+        })
     }
 
-    /// The server, to receive requests from.
-    pub fn server(&self) -> &tiny_http::Server {
-        &self.server
-    }
-
-    /// False once the acceptor thread is known to have ended.
-    pub fn is_alive(&self) -> bool {
-        match &self.probe {
-            Some((path, link)) => std::fs::read_link(path).is_ok_and(|now| &now == link),
-            None => true,
+    /// The next request, waiting up to `timeout`: from the running server or
+    /// a replaced one. When the running server's acceptor has stopped, a new
+    /// one is started on `listener`, trying until it can or `stopping()`.
+    pub fn next(&mut self, listener: &TcpListener, timeout: Duration, stopping: impl Fn() -> bool) -> Next {
+        for server in &self.retired {
+            if let Ok(Some(request)) = server.try_recv() {
+                return Next::Request(request);
+            }
+        }
+        let wait = if self.retired.is_empty() {
+            timeout
+        } else {
+            timeout.min(RETIRED_POLL)
+        };
+        let stopped = match self.running.server.recv_timeout(wait) {
+            Ok(Some(request)) => return Next::Request(request),
+            Ok(None) => None,
+            Err(e) => Some(format!("accept failed ({e})")),
+        };
+        let stopped = stopped.or_else(|| {
+            if self.checked.elapsed() < CHECK_EVERY {
+                return None;
+            }
+            self.checked = Instant::now();
+            let ended = "tiny_http's acceptor thread ended (out of descriptors?)";
+            (!self.running.is_alive()).then(|| ended.to_string())
+        });
+        match stopped {
+            None => Next::Nothing,
+            Some(why) => {
+                log::warn!("{why}; restarting the acceptor");
+                if self.restart(listener, stopping) {
+                    Next::Nothing
+                } else {
+                    Next::Stopping
+                }
+            }
         }
     }
-}
 
-/// Starts a new acceptor on `listener` after the last one stopped, trying
-/// again every [`RETRY_EVERY`] until it can (the usual cause, no descriptor
-/// left, also keeps the listener from being cloned) or `stopping()` says
-/// the server is stopping (then `None`). tiny_http reports a stopped
-/// acceptor only once: giving up after one failed try left the server
-/// accepting nothing, for good.
-pub fn restart(listener: &TcpListener, stopping: impl Fn() -> bool) -> Option<Acceptor> {
-    let mut failures = 0u32;
-    loop {
-        match Acceptor::start(listener) {
-            Ok(acceptor) => {
-                if failures > 0 {
-                    log::warn!("acceptor restarted after {failures} failed tries");
+    /// Replaces the running server, trying every [`RETRY_EVERY`] until a new
+    /// one starts (true) or `stopping()` (false).
+    fn restart(&mut self, listener: &TcpListener, stopping: impl Fn() -> bool) -> bool {
+        let mut failures = 0u32;
+        loop {
+            std::thread::sleep(RETRY_EVERY);
+            match Running::start(listener) {
+                Ok(fresh) => {
+                    if failures > 0 {
+                        log::warn!("acceptor restarted after {failures} failed tries");
+                    }
+                    let old = std::mem::replace(&mut self.running, fresh);
+                    self.retired.push(old.server);
+                    if self.retired.len() > RETIRED_MAX {
+                        self.retired.remove(0);
+                    }
+                    return true;
                 }
-                return Some(acceptor);
-            }
-            Err(e) => {
-                if failures == 0 {
-                    log::error!(
-                        "cannot restart the acceptor: {e}; retrying every {} ms",
-                        RETRY_EVERY.as_millis()
-                    );
+                Err(e) => {
+                    if failures == 0 {
+                        log::error!(
+                            "cannot restart the acceptor: {e}; retrying every {} ms",
+                            RETRY_EVERY.as_millis()
+                        );
+                    }
+                    failures += 1;
+                    if stopping() {
+                        return false;
+                    }
                 }
-                failures += 1;
-                if stopping() {
-                    return None;
-                }
-                std::thread::sleep(RETRY_EVERY);
             }
         }
     }

@@ -21,7 +21,7 @@ use crossbeam_channel::Receiver;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response};
 
-use crate::acceptor::{self, Acceptor};
+use crate::acceptor::{Acceptor, Next};
 use crate::broker::{self, BrokerError, EventId, PendingFanOut};
 use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
@@ -136,41 +136,24 @@ fn route(method: &Method, path: &str) -> Route {
 /// end (an accept timeout, see `listener`; no descriptor left, see
 /// `acceptor`); a new one is then started on the same listener.
 pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
-    let mut current = match Acceptor::start(listener) {
+    let mut acceptor = match Acceptor::start(listener) {
         Ok(started) => started,
         Err(e) => {
             log::error!("cannot start accepting connections: {e}");
             return;
         }
     };
-    let mut checked = Instant::now();
     while !app.is_stopping() {
-        let stopped = match current.server().recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(request)) => {
+        match acceptor.next(listener, Duration::from_millis(100), || app.is_stopping()) {
+            Next::Request(request) => {
                 let app = Arc::clone(app);
                 let outcome = catch_unwind(AssertUnwindSafe(move || handle(&app, request)));
                 if outcome.is_err() {
                     log::error!("a request handler panicked; the connection was closed");
                 }
-                None
             }
-            Ok(None) => None,
-            Err(e) => Some(format!("accept failed ({e})")),
-        };
-        let stopped = stopped.or_else(|| {
-            if checked.elapsed() < acceptor::CHECK_EVERY {
-                return None;
-            }
-            checked = Instant::now();
-            let ended = "tiny_http's acceptor thread ended (out of descriptors?)";
-            (!current.is_alive()).then(|| ended.to_string())
-        });
-        if let Some(why) = stopped {
-            log::warn!("{why}; restarting the acceptor");
-            match acceptor::restart(listener, || app.is_stopping()) {
-                Some(fresh) => current = fresh,
-                None => return,
-            }
+            Next::Nothing => {}
+            Next::Stopping => return,
         }
     }
 }

@@ -454,6 +454,11 @@ fn the_server_accepts_again_after_running_out_of_descriptors() {
     // Streams notice their clients left at their next ping.
     let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "200ms"]);
     assert_eq!(get(server.addr, "/health").status, 200);
+    // A kept-alive connection from before: its next request goes to the
+    // tiny_http server that the restart replaces, and must still be answered.
+    let mut kept = TcpStream::connect(server.addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    assert!(health_on(&mut kept).starts_with("HTTP/1.1 200"));
     let pid = server.pid() as i32;
     let (mut soft, mut hard) = (0u64, 0u64);
     rlimit::prlimit(pid, rlimit::Resource::NOFILE, None, Some((&mut soft, &mut hard))).unwrap();
@@ -493,4 +498,69 @@ fn the_server_accepts_again_after_running_out_of_descriptors() {
         "no answer after the descriptors came back:\n{}",
         server.logs()
     );
+    let answer = health_on(&mut kept);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "kept-alive connection after the restart: {answer:?}\n{}",
+        server.logs()
+    );
+}
+
+/// `GET /health` on a kept-alive connection; the answer read whole (by its
+/// `Content-Length`), or what came before the read timed out.
+fn health_on(connection: &mut TcpStream) -> String {
+    connection
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| body.len() >= n) {
+                return text;
+            }
+        }
+        match connection.read(&mut buffer) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+#[test]
+fn max_connections_leaves_descriptors_for_a_503_past_the_limit() {
+    // 200 descriptors: a quarter (50) is kept for what is not a stream, so
+    // at most 150 streams, and the 151st gets its 503 instead of waiting for
+    // a descriptor that never comes.
+    const ALLOWED: usize = 150;
+    let server = TestServer::start_with_env(
+        &["--tick-interval", "0", "--ping-interval", "1m"],
+        &[(OPEN_FILES_LIMIT_ENV, "200")],
+    );
+    assert!(
+        wait_until(LONG, || server
+            .logs()
+            .contains(&format!("--max-connections 10000 lowered to {ALLOWED}"))),
+        "{}",
+        server.logs()
+    );
+    let mut streams = Vec::new();
+    for n in 0..ALLOWED {
+        let client = SseClient::connect(server.addr, "/events?channel=fds", &[]);
+        assert_eq!(
+            client.status(),
+            200,
+            "stream {n}: {}\n{}",
+            client.head,
+            server.logs()
+        );
+        streams.push(client);
+    }
+    let past = SseClient::connect(server.addr, "/events?channel=fds", &[]);
+    assert_eq!(past.status(), 503, "{}\n{}", past.head, server.logs());
 }

@@ -243,10 +243,22 @@ const WRITE_SYSCALLS: [u64; 4] = [64, 66, 206, 211];
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const WRITE_SYSCALLS: [u64; 0] = [];
 
+/// Set in a test server's `env`: the open-files limit (soft and hard) it is
+/// started under, through `sh`'s `ulimit -n`.
+pub const OPEN_FILES_LIMIT_ENV: &str = "TEST_OPEN_FILES_LIMIT";
+
 /// The tinysse binary with `args` and `env`, stdin closed, stdout and
 /// stderr piped.
 fn binary_command<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tinysse"));
+    let binary = env!("CARGO_BIN_EXE_tinysse");
+    let mut command = if env.iter().any(|(k, _)| *k == OPEN_FILES_LIMIT_ENV) {
+        let mut shell = Command::new("sh");
+        let script = format!("ulimit -n \"${OPEN_FILES_LIMIT_ENV}\" && exec \"$0\" \"$@\"");
+        shell.args(["-c", &script, binary]);
+        shell
+    } else {
+        Command::new(binary)
+    };
     command
         .args(args)
         .stdin(Stdio::null())
