@@ -5,8 +5,11 @@
 //! an accepted socket cannot be duplicated (no descriptor left) it panics
 //! (an `unwrap` in tiny_http 0.12) and nothing is reported at all. Either
 //! way the server would accept nothing more, for good. [`Acceptor`] notices
-//! both and starts a new tiny_http server on the same listener, trying until
-//! it can; connections made meanwhile wait in the listen backlog.
+//! both and starts a new tiny_http server on the same listener once
+//! [`FREE_TO_RESTART`] descriptors are free again (a connection takes two
+//! until tiny_http's read half times out, see `listener`); connections made
+//! meanwhile wait in the listen backlog, as they do in servers that pause
+//! accepting on `EMFILE`.
 //!
 //! Connections that the old server accepted keep sending their requests
 //! (the next request of a kept-alive publisher, say) to that server's
@@ -24,6 +27,16 @@ use tiny_http::Request;
 /// tries: what stopped the last one (no descriptor left) rarely clears at
 /// once.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// Descriptors that must be free before a new acceptor starts: one for its
+/// listener's clone and two for each connection it then accepts. Starting
+/// it at the first free descriptor would have it accept a connection and
+/// fail to duplicate it, dropping that client unanswered.
+pub const FREE_TO_RESTART: usize = 16;
+
+/// Restarts logged as warnings at most this often; the others at debug
+/// level, so that a long burst does not flood the log.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// How often the acceptor thread is checked for life.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -53,6 +66,8 @@ pub struct Acceptor {
     /// Servers replaced by a restart, still read for their connections.
     retired: Vec<tiny_http::Server>,
     checked: Instant,
+    /// When a restart was last logged as a warning.
+    warned: Option<Instant>,
 }
 
 /// A tiny_http server, and a way to tell that its acceptor thread is gone:
@@ -93,6 +108,7 @@ impl Acceptor {
             running: Running::start(listener)?,
             retired: Vec::new(),
             checked: Instant::now(),
+            warned: None,
         })
     }
 
@@ -126,8 +142,17 @@ impl Acceptor {
         match stopped {
             None => Next::Nothing,
             Some(why) => {
-                log::warn!("{why}; restarting the acceptor");
-                if self.restart(listener, stopping) {
+                let level = if self.warned.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+                    log::Level::Debug
+                } else {
+                    self.warned = Some(Instant::now());
+                    log::Level::Warn
+                };
+                log::log!(
+                    level,
+                    "{why}; restarting the acceptor once {FREE_TO_RESTART} descriptors are free"
+                );
+                if self.restart(listener, stopping, level) {
                     Next::Nothing
                 } else {
                     Next::Stopping
@@ -136,16 +161,29 @@ impl Acceptor {
         }
     }
 
-    /// Replaces the running server, trying every [`RETRY_EVERY`] until a new
-    /// one starts (true) or `stopping()` (false).
-    fn restart(&mut self, listener: &TcpListener, stopping: impl Fn() -> bool) -> bool {
-        let mut failures = 0u32;
+    /// Replaces the running server, trying every [`RETRY_EVERY`] until
+    /// enough descriptors are free and a new one starts (true) or
+    /// `stopping()` (false).
+    /// A wait past two tries is logged at `level`.
+    fn restart(&mut self, listener: &TcpListener, stopping: impl Fn() -> bool, level: log::Level) -> bool {
+        let began = Instant::now();
+        let mut reported = false;
         loop {
             std::thread::sleep(RETRY_EVERY);
+            if stopping() {
+                return false;
+            }
+            if free_descriptors().is_some_and(|free| free < FREE_TO_RESTART) {
+                continue;
+            }
             match Running::start(listener) {
                 Ok(fresh) => {
-                    if failures > 0 {
-                        log::warn!("acceptor restarted after {failures} failed tries");
+                    if began.elapsed() > RETRY_EVERY * 2 {
+                        log::log!(
+                            level,
+                            "acceptor restarted after {} ms without a descriptor to spare",
+                            began.elapsed().as_millis()
+                        );
                     }
                     let old = std::mem::replace(&mut self.running, fresh);
                     self.retired.push(old.server);
@@ -155,18 +193,45 @@ impl Acceptor {
                     return true;
                 }
                 Err(e) => {
-                    if failures == 0 {
+                    if !reported {
                         log::error!(
                             "cannot restart the acceptor: {e}; retrying every {} ms",
                             RETRY_EVERY.as_millis()
                         );
-                    }
-                    failures += 1;
-                    if stopping() {
-                        return false;
+                        reported = true;
                     }
                 }
             }
         }
+    }
+}
+
+/// Descriptors this process can still open (`None`: cannot tell).
+fn free_descriptors() -> Option<usize> {
+    let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).ok()?;
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    match std::fs::read_dir("/proc/self/fd") {
+        // Less than the one descriptor reading the directory takes.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EMFILE) => Some(0),
+        Err(_) => None,
+        // The count includes the directory's own descriptor.
+        Ok(entries) => Some(soft.saturating_sub(entries.count().saturating_sub(1))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_descriptors_follow_opened_files() {
+        let before = free_descriptors().expect("/proc/self/fd");
+        let held: Vec<_> = (0..8)
+            .map(|_| std::fs::File::open("/proc/self/status").unwrap())
+            .collect();
+        let during = free_descriptors().expect("/proc/self/fd");
+        drop(held);
+        // Other test threads open files too; 8 held must show, give or take.
+        assert!(during + 4 <= before, "before {before}, with 8 more open {during}");
     }
 }
