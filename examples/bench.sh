@@ -20,4 +20,4 @@ done
 sleep 2
 echo "binary_bytes $(stat -c %s "$bin")"
 echo "idle_rss_kib $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")"
-timeout 900 target/release/examples/loadgen --addr "127.0.0.1:$port" --pid "$pid" --streams "$streams" "$@"
+timeout 900 "${BENCH_LOADGEN:-target/release/examples/loadgen}" --addr "127.0.0.1:$port" --pid "$pid" --streams "$streams" "$@"

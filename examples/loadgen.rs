@@ -14,6 +14,12 @@
 //! through `/proc/<pid>` and `/proc/meminfo`, publishes, and adds up what the
 //! workers report. Every loop is bounded in count and time; it talks to the
 //! given address only, which should be on loopback.
+//!
+//! Times are taken when the kernel received the bytes (`SO_TIMESTAMPNS`), not
+//! when this program got to read them: on a loaded 2-core box a client waits
+//! for a core too, and that wait is the client's, not the server's. The times
+//! seen by the program are reported as well (`latency_user_ms`,
+//! `publish_user_ms`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -128,6 +134,40 @@ fn main() {
     } else {
         let result = parent(&options);
         println!("{result}");
+    }
+}
+
+/// Reads with the kernel's receive time (`SO_TIMESTAMPNS`, wall clock).
+mod stamp {
+    use std::io::IoSliceMut;
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
+
+    /// Asks the kernel to stamp what `socket` receives.
+    pub fn enable(socket: &impl AsFd) -> std::io::Result<()> {
+        socket::setsockopt(socket, sockopt::ReceiveTimestampns, &true).map_err(std::io::Error::from)
+    }
+
+    /// One `recvmsg` into `buf`: the bytes read and, when the kernel gave
+    /// one, the receive time of the last segment read, in µs since the epoch.
+    pub fn recv(socket: &impl AsRawFd, buf: &mut [u8]) -> std::io::Result<(usize, Option<u64>)> {
+        let mut iov = [IoSliceMut::new(buf)];
+        let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+        let msg = socket::recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space[..]),
+            MsgFlags::empty(),
+        )
+        .map_err(std::io::Error::from)?;
+        let mut at = None;
+        for message in msg.cmsgs().map_err(std::io::Error::from)? {
+            if let ControlMessageOwned::ScmTimestampns(t) = message {
+                at = Some(t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000);
+            }
+        }
+        Ok((msg.bytes, at))
     }
 }
 
@@ -265,25 +305,33 @@ fn probe_first_byte(o: &Options, channel: &str) -> BTreeMap<u64, u64> {
 /// One keep-alive connection that publishes and times the answers.
 struct Publisher {
     addr: SocketAddr,
-    conn: Option<BufReader<TcpStream>>,
+    conn: Option<TcpStream>,
+}
+
+/// A publish answered: its status, and how long the answer took in µs, to
+/// its arrival in the kernel and to this program reading it.
+struct Answer {
+    status: u16,
+    kernel_us: u64,
+    user_us: u64,
 }
 
 impl Publisher {
-    fn connect(&mut self) -> std::io::Result<&mut BufReader<TcpStream>> {
+    fn connect(&mut self) -> std::io::Result<&mut TcpStream> {
         if self.conn.is_none() {
             let stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
             stream.set_nodelay(true)?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
             stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-            self.conn = Some(BufReader::new(stream));
+            stamp::enable(&stream)?;
+            self.conn = Some(stream);
         }
         Ok(self.conn.as_mut().expect("connected just above"))
     }
 
-    /// Publishes `data` and returns the answer's status. A kept-alive
-    /// connection the server closed while it was idle is replaced and the
-    /// request sent once more.
-    fn publish(&mut self, channel: &str, data: &str) -> std::io::Result<u16> {
+    /// Publishes `data`. A kept-alive connection the server closed while it
+    /// was idle is replaced and the request sent once more.
+    fn publish(&mut self, channel: &str, data: &str) -> std::io::Result<Answer> {
         let reused = self.conn.is_some();
         match self.publish_once(channel, data) {
             Err(_) if reused => self.publish_once(channel, data),
@@ -291,7 +339,7 @@ impl Publisher {
         }
     }
 
-    fn publish_once(&mut self, channel: &str, data: &str) -> std::io::Result<u16> {
+    fn publish_once(&mut self, channel: &str, data: &str) -> std::io::Result<Answer> {
         let request = format!(
             "POST /publish?channel={channel} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{data}",
             self.addr,
@@ -299,38 +347,45 @@ impl Publisher {
         );
         let result = (|| {
             let conn = self.connect()?;
-            conn.get_mut().write_all(request.as_bytes())?;
-            let mut status = 0u16;
-            let mut length = 0usize;
-            let mut close = false;
-            for n in 0..100 {
-                let mut line = String::new();
-                if conn.read_line(&mut line)? == 0 {
+            let sent_us = now_micros();
+            let sent = Instant::now();
+            conn.write_all(request.as_bytes())?;
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 2048];
+            let mut arrived_us = None;
+            // Bounded: a head over 16 KiB is an error below.
+            loop {
+                let (n, at) = stamp::recv(conn, &mut buf)?;
+                if n == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
-                let line = line.trim_end();
-                if n == 0 {
-                    status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-                } else if line.is_empty() {
-                    break;
-                } else if let Some((name, value)) = line.split_once(':') {
-                    if name.eq_ignore_ascii_case("content-length") {
-                        length = value.trim().parse().unwrap_or(0);
-                    } else if name.eq_ignore_ascii_case("connection") {
-                        close = value.trim().eq_ignore_ascii_case("close");
+                arrived_us = arrived_us.or(at);
+                answer.extend_from_slice(&buf[..n]);
+                if let Some((status, close, whole)) = parse_answer(&answer) {
+                    if answer.len() >= whole {
+                        let user_us = sent.elapsed().as_micros() as u64;
+                        let kernel_us = arrived_us.map_or(user_us, |at| at.saturating_sub(sent_us));
+                        return Ok((
+                            Answer {
+                                status,
+                                kernel_us,
+                                user_us,
+                            },
+                            close,
+                        ));
                     }
                 }
+                if answer.len() > 16 * 1024 {
+                    return Err(std::io::Error::other("answer head too long"));
+                }
             }
-            let mut body = vec![0u8; length];
-            conn.read_exact(&mut body)?;
-            Ok((status, close))
         })();
         match result {
-            Ok((status, close)) => {
+            Ok((answer, close)) => {
                 if close {
                     self.conn = None;
                 }
-                Ok(status)
+                Ok(answer)
             }
             Err(e) => {
                 self.conn = None;
@@ -338,6 +393,31 @@ impl Publisher {
             }
         }
     }
+}
+
+/// An answer's status, whether it closes the connection, and its whole
+/// length (head and `Content-Length` body), once its head is complete.
+fn parse_answer(raw: &[u8]) -> Option<(u16, bool, usize)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()?
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (mut length, mut close) = (0usize, false);
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.trim().eq_ignore_ascii_case("close");
+            }
+        }
+    }
+    Some((status, close, end + length))
 }
 
 /// The data of event `seq` scheduled at `at_us`: exactly `size` bytes.
@@ -479,6 +559,7 @@ fn parent(o: &Options) -> Value {
     }
     let cpu_start = snapshot(o.pid).cpu_ticks;
     let mut publish_us = Vec::with_capacity(o.events);
+    let mut publish_user_us = Vec::with_capacity(o.events);
     let mut publish_errors = 0u64;
     let mut late_max_us = 0u64;
     for seq in 0..o.events {
@@ -491,9 +572,11 @@ fn parent(o: &Options) -> Value {
             late_max_us = late_max_us.max((now - at).as_micros() as u64);
         }
         let data = event_data(seq, at_us, o.size);
-        let start = Instant::now();
         match publisher.publish(&o.channel, &data) {
-            Ok(200) => publish_us.push(start.elapsed().as_micros() as u64),
+            Ok(answer) if answer.status == 200 => {
+                publish_us.push(answer.kernel_us);
+                publish_user_us.push(answer.user_us);
+            }
             Ok(_) | Err(_) => publish_errors += 1,
         }
     }
@@ -557,7 +640,9 @@ fn parent(o: &Options) -> Value {
         "threads": pid_known.then(|| json!([before.threads, idle.threads, after.threads])),
         "fds": pid_known.then(|| json!([before.fds, idle.fds, after.fds])),
         "latency_ms": summary_ms(&merge_histograms(&results, "latency_us")),
+        "latency_user_ms": summary_ms(&merge_histograms(&results, "latency_user_us")),
         "publish_ms": summary_ms(&histogram_of(&publish_us)),
+        "publish_user_ms": summary_ms(&histogram_of(&publish_user_us)),
         "publish_errors": publish_errors,
         "publisher_late_max_ms": late_max_us as f64 / 1000.0,
         "delivered": delivered,
@@ -590,7 +675,10 @@ mod worker {
         finished: AtomicUsize,
         /// Events received per stream (index: stream number).
         received: Vec<AtomicU32>,
+        /// To the kernel's receive time.
         latencies_us: Mutex<Vec<u64>>,
+        /// To the time this program read the event.
+        user_latencies_us: Mutex<Vec<u64>>,
         first_byte_us: Mutex<Vec<u64>>,
     }
 
@@ -620,6 +708,7 @@ mod worker {
                 finished: AtomicUsize::new(0),
                 received: (0..o.streams).map(|_| AtomicU32::new(0)).collect(),
                 latencies_us: Mutex::new(Vec::with_capacity(o.streams * o.events)),
+                user_latencies_us: Mutex::new(Vec::with_capacity(o.streams * o.events)),
                 first_byte_us: Mutex::new(Vec::with_capacity(o.streams)),
             });
             let permits = Arc::new(Semaphore::new(o.concurrency));
@@ -674,6 +763,7 @@ mod worker {
             let connected = shared.connected.load(Ordering::Acquire);
             let received: u64 = shared.received.iter().map(|r| r.load(Ordering::Acquire) as u64).sum();
             let latency = histogram_of(&shared.latencies_us.lock().expect("not poisoned"));
+            let user_latency = histogram_of(&shared.user_latencies_us.lock().expect("not poisoned"));
             let result = json!({
                 "connected": connected,
                 "received": received,
@@ -681,6 +771,7 @@ mod worker {
                 "duplicates": shared.duplicates.load(Ordering::Acquire),
                 "closed_early": shared.closed_early.load(Ordering::Acquire),
                 "latency_us": latency.into_iter().collect::<Vec<_>>(),
+                "latency_user_us": user_latency.into_iter().collect::<Vec<_>>(),
             });
             println!("RESULT {result}");
             // Hold the streams until the parent has measured and closes stdin.
@@ -697,6 +788,7 @@ mod worker {
     ) -> std::io::Result<(tokio::net::TcpStream, Vec<u8>, u64)> {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        stamp::enable(&stream)?;
         let sent = Instant::now();
         stream.write_all(request).await?;
         let mut head = Vec::with_capacity(512);
@@ -722,6 +814,20 @@ mod worker {
         }
     }
 
+    /// Waits for data on `stream` and reads it with its kernel receive time.
+    async fn read_stamped(
+        stream: &tokio::net::TcpStream,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, Option<u64>)> {
+        loop {
+            stream.readable().await?;
+            match stream.try_io(tokio::io::Interest::READABLE, || stamp::recv(stream, buf)) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                outcome => return outcome,
+            }
+        }
+    }
+
     async fn stream_task(
         addr: SocketAddr,
         index: usize,
@@ -742,7 +848,7 @@ mod worker {
             }
             tokio::time::sleep(Duration::from_millis(200 * (attempt as u64 + 1))).await;
         }
-        let Some((mut stream, mut pending, first_byte)) = opened else {
+        let Some((stream, mut pending, first_byte)) = opened else {
             shared.failed.fetch_add(1, Ordering::AcqRel);
             return;
         };
@@ -756,6 +862,7 @@ mod worker {
         let mut next_seq = 0usize;
         let mut buf = vec![0u8; 4096];
         let mut received_at = now_micros();
+        let mut read_at = received_at;
         let mut complete = false;
         loop {
             // Whole lines in `pending` are events' fields.
@@ -792,16 +899,22 @@ mod worker {
                         .lock()
                         .expect("not poisoned")
                         .push(received_at.saturating_sub(sent));
+                    shared
+                        .user_latencies_us
+                        .lock()
+                        .expect("not poisoned")
+                        .push(read_at.saturating_sub(sent));
                 }
             }
             pending.drain(..consumed);
             if pending.len() > 64 * 1024 {
                 pending.clear();
             }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    received_at = now_micros();
+            match read_stamped(&stream, &mut buf).await {
+                Ok((0, _)) | Err(_) => break,
+                Ok((n, at)) => {
+                    read_at = now_micros();
+                    received_at = at.unwrap_or(read_at);
                     pending.extend_from_slice(&buf[..n]);
                 }
             }
