@@ -56,10 +56,12 @@ pub fn streams_allowed(max_map_count: usize, maps_per_thread: usize) -> usize {
 
 /// Descriptors kept for everything but open streams (a quarter of the
 /// limit when that is less): the server's own files, publishers and other
-/// plain requests, `503` answers past the stream limit, and the second
-/// descriptor tiny_http holds for each new connection until its read
-/// timeout.
-pub const FDS_RESERVED: usize = 512;
+/// plain requests, `503` answers past the stream limit, and above all the
+/// second descriptor tiny_http holds for each new connection until its read
+/// timeout (2 s). 1,000 covers a burst of 500 connects a second right up to
+/// the stream limit; a faster one runs out of descriptors for a moment, and
+/// its connections wait in the listen backlog (see `acceptor`).
+pub const FDS_RESERVED: usize = 1000;
 
 /// Streams the open files limit leaves room for. A stream holds one
 /// descriptor; were the limit reached, `accept` would fail and new
@@ -344,10 +346,10 @@ mod tests {
 
     #[test]
     fn streams_allowed_by_open_files_keeps_a_reserve() {
-        assert_eq!(streams_allowed_by_open_files(20_000), 19_488);
+        assert_eq!(streams_allowed_by_open_files(20_000), 19_000);
         assert_eq!(streams_allowed_by_open_files(1024), 768);
         assert_eq!(streams_allowed_by_open_files(100), 75);
         assert_eq!(streams_allowed_by_open_files(0), 0);
-        assert_eq!(streams_allowed_by_open_files(u64::MAX), usize::MAX - 512);
+        assert_eq!(streams_allowed_by_open_files(u64::MAX), usize::MAX - 1000);
     }
 }
