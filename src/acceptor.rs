@@ -226,12 +226,16 @@ mod tests {
     #[test]
     fn free_descriptors_follow_opened_files() {
         let before = free_descriptors().expect("/proc/self/fd");
-        let held: Vec<_> = (0..8)
+        let held: Vec<_> = (0..64)
             .map(|_| std::fs::File::open("/proc/self/status").unwrap())
             .collect();
         let during = free_descriptors().expect("/proc/self/fd");
         drop(held);
-        // Other test threads open files too; 8 held must show, give or take.
-        assert!(during + 4 <= before, "before {before}, with 8 more open {during}");
+        // Other test threads open and close files too; 64 held must show,
+        // give or take.
+        assert!(
+            during + 32 <= before,
+            "before {before}, with 64 more open {during}"
+        );
     }
 }
