@@ -41,6 +41,123 @@ extern "C" fn ignore_fault_signals_before_std() {
     }
 }
 
+/// Thread-local destructors kept off glibc's malloc.
+///
+/// std registers every thread's TLS destructors with glibc's
+/// `__cxa_thread_atexit_impl`, which `calloc`s a 32-byte list node, and a
+/// thread's first `calloc` makes glibc give that thread its own cache of
+/// freed blocks (tcache, 656 bytes) from one of its arenas. Stream threads
+/// never call glibc's malloc otherwise (Rust's allocations go to dlmalloc),
+/// so that is about 0.7 KiB per stream for nothing. This definition in the
+/// executable is the one std's weak reference binds to: a thread other than
+/// the main one keeps its destructors in a list of its own (nodes from
+/// dlmalloc) and a pthread key, whose destructor glibc calls at thread exit
+/// without allocating, runs them, newest first. The main thread's go to
+/// glibc's implementation as before, so they still run at `exit`.
+mod thread_exit {
+    use std::cell::Cell;
+    use std::ffi::{c_int, c_void};
+    use std::ptr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    use nix::libc;
+
+    type Destructor = unsafe extern "C" fn(*mut c_void);
+    type Register = unsafe extern "C" fn(Destructor, *mut c_void, *mut c_void) -> c_int;
+
+    struct Pending {
+        destructor: Destructor,
+        object: *mut c_void,
+        next: *mut Pending,
+    }
+
+    thread_local! {
+        /// This thread's destructors, newest first. No destructor of its
+        /// own, so it stays readable while they run.
+        static PENDING: Cell<*mut Pending> = const { Cell::new(ptr::null_mut()) };
+    }
+
+    /// Destructors registered through this module (for tests).
+    pub static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+
+    /// The pthread key whose destructor runs a thread's list.
+    fn key() -> Option<libc::pthread_key_t> {
+        static KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+        *KEY.get_or_init(|| {
+            let mut key: libc::pthread_key_t = 0;
+            // SAFETY: `key` is a valid place for the new key, and
+            // `run_pending` has the signature pthread key destructors have.
+            let created = unsafe { libc::pthread_key_create(&mut key, Some(run_pending)) };
+            (created == 0).then_some(key)
+        })
+    }
+
+    /// glibc's own implementation, for the main thread.
+    fn glibc_register() -> Option<Register> {
+        static GLIBC: OnceLock<usize> = OnceLock::new();
+        let address = *GLIBC.get_or_init(|| {
+            // SAFETY: a NUL-terminated symbol name; RTLD_NEXT looks past
+            // this executable, to libc.
+            unsafe { libc::dlsym(libc::RTLD_NEXT, c"__cxa_thread_atexit_impl".as_ptr()) as usize }
+        });
+        // SAFETY: a non-null address from dlsym for this symbol is glibc's
+        // function of exactly this signature.
+        (address != 0).then(|| unsafe { std::mem::transmute::<usize, Register>(address) })
+    }
+
+    /// Runs the calling thread's destructors, including any they register.
+    unsafe extern "C" fn run_pending(_: *mut c_void) {
+        loop {
+            let mut next = PENDING.with(|pending| pending.replace(ptr::null_mut()));
+            if next.is_null() {
+                return;
+            }
+            while !next.is_null() {
+                // SAFETY: every node was made by `Box::into_raw` below and
+                // is taken off the list exactly once, here.
+                let pending = unsafe { Box::from_raw(next) };
+                next = pending.next;
+                // SAFETY: called once, on the registering thread, at its
+                // exit, as the registration asked.
+                unsafe { (pending.destructor)(pending.object) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// As glibc's: `destructor` must be safe to call once with `object` on
+    /// this thread when it exits.
+    #[no_mangle]
+    pub unsafe extern "C" fn __cxa_thread_atexit_impl(
+        destructor: Destructor,
+        object: *mut c_void,
+        dso_symbol: *mut c_void,
+    ) -> c_int {
+        // SAFETY: plain system calls without arguments.
+        let main_thread = unsafe { libc::gettid() == libc::getpid() };
+        let own = if main_thread { None } else { key() };
+        let Some(key) = own else {
+            return match glibc_register() {
+                // SAFETY: forwarded unchanged to the implementation std
+                // would have called.
+                Some(register) => unsafe { register(destructor, object, dso_symbol) },
+                None => -1,
+            };
+        };
+        let node = Box::into_raw(Box::new(Pending {
+            destructor,
+            object,
+            next: PENDING.with(Cell::get),
+        }));
+        PENDING.with(|pending| pending.set(node));
+        REGISTERED.fetch_add(1, Ordering::Relaxed);
+        // Any non-null value makes glibc call the key's destructor.
+        // SAFETY: `key` was created by `pthread_key_create`.
+        unsafe { libc::pthread_setspecific(key, ptr::NonNull::<c_void>::dangling().as_ptr()) }
+    }
+}
+
 /// True when SIGSEGV and SIGBUS are ignored, as
 /// [`ignore_fault_signals_before_std`] left them, so that std gave threads
 /// no signal stacks (read from `/proc/self/status`; false if unreadable).
@@ -122,4 +239,34 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     server.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc;
+
+    struct Notify(mpsc::Sender<&'static str>);
+
+    impl Drop for Notify {
+        fn drop(&mut self) {
+            let _ = self.0.send("dropped");
+        }
+    }
+
+    thread_local! {
+        static NOTIFY: std::cell::RefCell<Option<Notify>> = const { std::cell::RefCell::new(None) };
+    }
+
+    #[test]
+    fn a_thread_s_tls_destructors_run_when_it_exits() {
+        let before = super::thread_exit::REGISTERED.load(Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || NOTIFY.with(|n| *n.borrow_mut() = Some(Notify(tx))))
+            .join()
+            .unwrap();
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok("dropped"));
+        // Registered through this binary's list, not glibc's.
+        assert!(super::thread_exit::REGISTERED.load(Ordering::Relaxed) > before);
+    }
 }
