@@ -572,5 +572,11 @@ fn max_connections_leaves_descriptors_for_a_503_past_the_limit() {
     }
     let past = SseClient::connect(server.addr, "/events?channel=fds", &[]);
     assert_eq!(past.status(), 503, "{}\n{}", past.head, server.logs());
-    assert!(!server.logs().contains("accept failed"), "{}", server.logs());
+    // Paced, the connects never ran the server out of descriptors: its
+    // acceptor never failed or died.
+    assert!(
+        !server.logs().contains("restarting the acceptor"),
+        "{}",
+        server.logs()
+    );
 }
