@@ -218,16 +218,13 @@ fn parse_endpoint(text: &str) -> Option<(IpAddr, u16)> {
     Some((ip, port))
 }
 
-/// What the guard knows of one socket.
+/// What the guard knows of one socket that may yet be a trickler.
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
     peer: SocketAddr,
     first_seen: Instant,
     last_scan: u64,
     last_head: Option<Instant>,
-    /// Never a trickler: it carried a stream, or it is not among this
-    /// process's descriptors (another program's socket on the same port).
-    exempt: bool,
 }
 
 /// The guard's bookkeeping, without sockets: which connections it has seen
@@ -235,6 +232,11 @@ struct Tracked {
 #[derive(Debug, Default)]
 pub struct Tracker {
     sockets: HashMap<u64, Tracked>,
+    /// Sockets never to report: they carried a stream, or are not among
+    /// this process's descriptors (another program's socket on the same
+    /// port). Only the read that last saw each, so that each of thousands
+    /// of open streams costs 16 bytes here, not a whole [`Tracked`].
+    exempt: HashMap<u64, u64>,
     /// Heads whose socket was not seen yet, and the read that first
     /// looked for it.
     unmatched: HashMap<SocketAddr, (Head, u64)>,
@@ -251,12 +253,15 @@ impl Tracker {
         self.scan += 1;
         let scan = self.scan;
         for s in seen {
+            if let Some(last_scan) = self.exempt.get_mut(&s.inode) {
+                *last_scan = scan;
+                continue;
+            }
             let fresh = Tracked {
                 peer: s.peer,
                 first_seen: now,
                 last_scan: scan,
                 last_head: None,
-                exempt: false,
             };
             let tracked = self.sockets.entry(s.inode).or_insert(fresh);
             if tracked.peer != s.peer {
@@ -266,6 +271,7 @@ impl Tracker {
         }
         // Missing from this read and the one before: closed.
         self.sockets.retain(|_, t| t.last_scan + 1 >= scan);
+        self.exempt.retain(|_, last_scan| *last_scan + 1 >= scan);
         for (peer, head) in heads {
             self.unmatched
                 .entry(peer)
@@ -275,6 +281,7 @@ impl Tracker {
                 })
                 .or_insert((head, scan));
         }
+        let mut streams = Vec::new();
         if !self.unmatched.is_empty() {
             let by_peer: HashMap<SocketAddr, u64> = self
                 .sockets
@@ -288,12 +295,17 @@ impl Tracker {
                     Some(inode) => {
                         if let Some(t) = sockets.get_mut(inode) {
                             t.last_head = Some(t.last_head.map_or(head.at, |at| at.max(head.at)));
-                            t.exempt |= head.stream;
+                        }
+                        if head.stream {
+                            streams.push(*inode);
                         }
                         false
                     }
                     None => scan - *since + 1 < HEAD_GRACE_READS,
                 });
+        }
+        for inode in streams {
+            self.exempt(inode);
         }
         self.sockets
             .iter()
@@ -302,7 +314,7 @@ impl Tracker {
                     Some(at) => now.saturating_duration_since(at) > NEXT_HEAD_DEADLINE,
                     None => now.saturating_duration_since(t.first_seen) > HEAD_DEADLINE,
                 };
-                t.last_scan == scan && !t.exempt && waiting
+                t.last_scan == scan && waiting
             })
             .map(|(inode, t)| Seen {
                 inode: *inode,
@@ -316,22 +328,23 @@ impl Tracker {
         self.sockets.remove(&inode);
     }
 
-    /// Stops reporting a socket whose descriptor is not this process's, so
-    /// that `/proc/self/fd` is not searched for it every cycle.
+    /// Stops reporting a socket for good: it carried a stream, or its
+    /// descriptor is not this process's (so that `/proc/self/fd` is not
+    /// searched for it every cycle). Only its last read is kept.
     fn exempt(&mut self, inode: u64) {
-        if let Some(t) = self.sockets.get_mut(&inode) {
-            t.exempt = true;
+        if let Some(t) = self.sockets.remove(&inode) {
+            self.exempt.insert(inode, t.last_scan);
         }
     }
 
     /// How many sockets it follows.
     pub fn len(&self) -> usize {
-        self.sockets.len()
+        self.sockets.len() + self.exempt.len()
     }
 
     /// True when it follows no socket.
     pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
+        self.sockets.is_empty() && self.exempt.is_empty()
     }
 }
 
@@ -613,6 +626,8 @@ mod tests {
         assert!(tracker
             .update(at(2), &[trickler, streamer], HashMap::new())
             .is_empty());
+        // The streamer is kept as an exempt inode only, not a full entry.
+        assert_eq!((tracker.sockets.len(), tracker.exempt.len()), (1, 1));
         assert!(
             tracker
                 .update(at(12), &[trickler, streamer], HashMap::new())
