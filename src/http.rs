@@ -200,28 +200,45 @@ fn on_request_thread(
     let Some(guard) = app.begin_request(MAX_REQUEST_THREADS) else {
         return app.overflow(request);
     };
-    let (request_tx, request_rx) = crossbeam_channel::bounded::<Request>(1);
     let thread_app = Arc::clone(app);
-    let spawned = std::thread::Builder::new()
-        .name("request".into())
-        .stack_size(crate::SMALL_STACK)
-        .spawn(move || {
-            let _guard = guard;
-            let Ok(request) = request_rx.recv() else { return };
-            if catch_unwind(AssertUnwindSafe(|| job(&thread_app, request))).is_err() {
-                log::error!("a request handler panicked; its connection was closed");
-            }
-        });
-    match spawned {
-        // The thread is waiting for exactly this one request.
-        Ok(_) => {
-            let _ = request_tx.send(request);
+    let started = spawn_waiting("request", move |request| {
+        let _guard = guard;
+        if catch_unwind(AssertUnwindSafe(|| job(&thread_app, request))).is_err() {
+            log::error!("a request handler panicked; its connection was closed");
+        }
+    });
+    match started {
+        Ok(handoff) => {
+            let _ = handoff.send(request);
         }
         Err(e) => {
             log::warn!("cannot start a request thread: {e}");
             app.overflow(request);
         }
     }
+}
+
+/// Starts a small-stack thread named `name` that waits for one value and
+/// runs `job` with it. The value is handed over through the returned sender
+/// only once the thread exists, so that a caller whose thread could not be
+/// started still has its request to answer `503` with. The hand-off channel
+/// is freed before `job` runs.
+fn spawn_waiting<T: Send + 'static>(
+    name: &str,
+    job: impl FnOnce(T) + Send + 'static,
+) -> std::io::Result<crossbeam_channel::Sender<T>> {
+    let (handoff, waiting) = crossbeam_channel::bounded::<T>(1);
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(crate::SMALL_STACK)
+        .spawn(move || {
+            let value = waiting.recv();
+            drop(waiting);
+            if let Ok(value) = value {
+                job(value);
+            }
+        })?;
+    Ok(handoff)
 }
 
 /// Answers `error` on a request thread.
@@ -377,22 +394,13 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     // `Request` runs tiny_http's `Drop`, whose frame alone is over 8 KiB of
     // stack (its unused 500-response path), and every stack page a stream
     // thread ever touches stays resident for the stream's whole life.
-    let (writer_tx, writer_rx) = crossbeam_channel::bounded::<Box<dyn Write + Send>>(1);
     let thread_app = Arc::clone(app);
-    let spawned = std::thread::Builder::new()
-        .name("sse-stream".into())
-        .stack_size(crate::SMALL_STACK)
-        .spawn(move || {
-            let writer = writer_rx.recv();
-            drop(writer_rx);
-            if let Ok(writer) = writer {
-                serve_stream(&thread_app, writer, params, slot);
-            }
-        });
-    match spawned {
-        // The thread is waiting for exactly this one connection.
-        Ok(_) => {
-            let _ = writer_tx.send(request.into_writer());
+    let started = spawn_waiting("sse-stream", move |writer: Box<dyn Write + Send>| {
+        serve_stream(&thread_app, writer, params, slot);
+    });
+    match started {
+        Ok(handoff) => {
+            let _ = handoff.send(request.into_writer());
         }
         Err(e) => {
             log::warn!("cannot start a stream thread: {e}");
