@@ -58,6 +58,7 @@ mod thread_exit {
     use std::cell::Cell;
     use std::ffi::{c_int, c_void};
     use std::ptr;
+    #[cfg(test)]
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
 
@@ -78,7 +79,9 @@ mod thread_exit {
         static PENDING: Cell<*mut Pending> = const { Cell::new(ptr::null_mut()) };
     }
 
-    /// Destructors registered through this module (for tests).
+    /// Destructors registered through this module, for the test that
+    /// checks std's registrations come here.
+    #[cfg(test)]
     pub static REGISTERED: AtomicUsize = AtomicUsize::new(0);
 
     /// The pthread key whose destructor runs a thread's list.
@@ -151,6 +154,7 @@ mod thread_exit {
             next: PENDING.with(Cell::get),
         }));
         PENDING.with(|pending| pending.set(node));
+        #[cfg(test)]
         REGISTERED.fetch_add(1, Ordering::Relaxed);
         // Any non-null value makes glibc call the key's destructor.
         // SAFETY: `key` was created by `pthread_key_create`.
