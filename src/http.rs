@@ -532,6 +532,20 @@ fn publish_request(
         .find(|h| h.field.equiv("Content-Type"))
         .is_some_and(|h| publish::is_json(h.value.as_str()));
     let declared = request.body_length();
+    // tiny_http ignores a Content-Length it cannot parse (and reads no body);
+    // a chunked body has none to check.
+    let chunked = request
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"));
+    if let Some(bad) = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Length"))
+        .filter(|_| declared.is_none() && !chunked)
+    {
+        return Err(PublishError::BadContentLength(bad.value.as_str().to_string()).into());
+    }
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);

@@ -41,6 +41,16 @@ pub enum PublishError {
     NotAString(&'static str),
     /// The client took longer than [`BODY_DEADLINE`] to send the body.
     TooSlow,
+    /// The connection ended before the body did: fewer bytes came than the
+    /// `Content-Length` said.
+    Truncated {
+        /// Bytes received.
+        received: usize,
+        /// Bytes the `Content-Length` header announced.
+        declared: usize,
+    },
+    /// A `Content-Length` header that is not a byte count.
+    BadContentLength(String),
     /// Reading the body failed.
     Io(io::Error),
 }
@@ -61,6 +71,14 @@ impl fmt::Display for PublishError {
             PublishError::TooSlow => {
                 write!(f, "body not received within {} seconds", BODY_DEADLINE.as_secs())
             }
+            PublishError::Truncated { received, declared } => write!(
+                f,
+                "body ended after {received} of the {declared} bytes its Content-Length announced; nothing was published"
+            ),
+            PublishError::BadContentLength(value) => write!(
+                f,
+                "Content-Length '{value}' is not a number of bytes"
+            ),
             PublishError::Io(e) => write!(f, "reading the body failed: {e}"),
         }
     }
@@ -68,10 +86,12 @@ impl fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
-/// Reads a body of at most `max` bytes within [`BODY_DEADLINE`].
+/// Reads a body of at most `max` bytes within [`BODY_DEADLINE`]; with a
+/// `declared` length, exactly that many.
 ///
 /// # Errors
 /// [`PublishError::TooLarge`] past `max` (at once when `declared` says so),
+/// [`PublishError::Truncated`] when the body ends before `declared` bytes,
 /// [`PublishError::TooSlow`], or the read error.
 pub fn read_body(
     reader: &mut dyn Read,
@@ -86,7 +106,15 @@ pub fn read_body(
     let mut chunk = [0u8; 8192];
     loop {
         let n = match reader.read(&mut chunk) {
-            Ok(0) => return Ok(body),
+            Ok(0) => {
+                return match declared {
+                    Some(declared) if body.len() < declared => Err(PublishError::Truncated {
+                        received: body.len(),
+                        declared,
+                    }),
+                    _ => Ok(body),
+                }
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
@@ -260,6 +288,14 @@ mod tests {
     fn body_limits() {
         let mut small: &[u8] = b"12345";
         assert_eq!(read_body(&mut small, Some(5), 5).unwrap(), b"12345");
+        let mut short: &[u8] = b"abc";
+        assert!(matches!(
+            read_body(&mut short, Some(10), 64),
+            Err(PublishError::Truncated {
+                received: 3,
+                declared: 10
+            })
+        ));
         let mut big: &[u8] = b"123456";
         assert!(matches!(
             read_body(&mut big, None, 5),

@@ -638,6 +638,74 @@ fn bodies_over_max_body_get_413() {
     }
 }
 
+/// Sends a publish head, then `body`, then ends the sending side, and
+/// returns the final answer (after any `100 Continue`).
+fn publish_cut_short(addr: SocketAddr, head_lines: &str, body: &[u8]) -> HttpResponse {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let head = format!("POST /publish?channel=cut HTTP/1.1\r\nHost: {addr}\r\n{head_lines}\r\n");
+    stream.write_all(head.as_bytes()).expect("send head");
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    if head_lines.contains("100-continue") {
+        // The server asks for the body once it starts reading it.
+        while !String::from_utf8_lossy(&raw).contains("\r\n\r\n") {
+            let n = stream.read(&mut chunk).expect("100 Continue");
+            assert!(n > 0, "closed before 100 Continue: {raw:?}");
+            raw.extend_from_slice(&chunk[..n]);
+        }
+        assert!(
+            String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 100"),
+            "{raw:?}"
+        );
+        raw.clear();
+    }
+    stream.write_all(body).expect("send body");
+    stream.shutdown(std::net::Shutdown::Write).expect("half-close");
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("no answer: {e} after {raw:?}"),
+        }
+    }
+    parse_response(&raw)
+}
+
+#[test]
+fn bodies_cut_short_or_with_a_bad_length_publish_nothing() {
+    let server = TestServer::start(&["--ping-interval", "1m"]);
+    let addr = server.addr;
+    let cases: [(&str, &[u8], &str); 3] = [
+        // The client asked to go on, sent 3 of 10 bytes and stopped.
+        (
+            "Expect: 100-continue\r\nContent-Length: 10\r\n",
+            b"abc",
+            "3 of the 10",
+        ),
+        // A body large enough that the handler reads it from the socket.
+        ("Content-Length: 5000\r\n", &[b'x'; 100], "100 of the 5000"),
+        // tiny_http takes a length it cannot parse for no body at all.
+        ("Content-Length: abc\r\n", b"hello", "Content-Length 'abc'"),
+    ];
+    for (head, body, said) in cases {
+        let answer = publish_cut_short(addr, head, body);
+        assert_eq!(answer.status, 400, "{head:?}: {answer:?}");
+        let error = answer.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(said), "{head:?}: {error:?}");
+    }
+    // Nothing reached the channel: a full replay finds no event.
+    assert_eq!(metric(addr, "tinysse_events_published_total"), 0.0);
+    let ok = publish_raw(addr, "channel=cut", b"whole");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let mut replay = subscribe(addr, "channel=cut", &[("Last-Event-ID", "0")]);
+    let events = replay.events(1, 10 * SECOND);
+    assert_eq!(events.len(), 1, "{}", received(&replay));
+    // A cut-short body, had it been published, would come first.
+    assert_eq!(events[0].data, "whole", "{}", received(&replay));
+}
+
 #[test]
 fn publish_token_is_required_when_set() {
     let server = TestServer::start(&["--publish-token", "s3cret", "--ping-interval", "1m"]);
