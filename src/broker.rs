@@ -476,10 +476,15 @@ impl Broker {
         lock(&self.registry).channels.len()
     }
 
-    /// Events held in all rings now.
+    /// Events a replay can give now, all channels: each channel's newest
+    /// `history` at most (a ring may hold more, to cover `queue_size`).
     pub fn history_size(&self) -> usize {
+        let history = self.config.history;
         let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();
-        channels.iter().map(|c| read(&c.ring).events.len()).sum()
+        channels
+            .iter()
+            .map(|c| read(&c.ring).events.len().min(history))
+            .sum()
     }
 
     /// The newest id published so far (0: none yet).
@@ -919,6 +924,16 @@ mod tests {
             .collect();
         let mut sub = b.subscribe(&names(&["c"]), Some(0)).unwrap();
         assert_eq!(drain_ids(&mut sub), ids[2..].to_vec());
+        assert_eq!(b.history_size(), 3);
+        // A ring longer than the history (to cover a larger queue) still
+        // counts only what a replay gives.
+        let b = broker(2, 5, 10);
+        let ids: Vec<EventId> = (0..10)
+            .map(|i| b.publish("c", None, &i.to_string()).unwrap().id)
+            .collect();
+        assert_eq!(b.history_size(), 2);
+        let mut sub = b.subscribe(&names(&["c"]), Some(0)).unwrap();
+        assert_eq!(drain_ids(&mut sub), ids[8..].to_vec());
     }
 
     #[test]
