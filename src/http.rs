@@ -423,7 +423,8 @@ fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: Strea
     } = params;
     let (source, channels) = if demo {
         let source = Source::Demo {
-            first_id: last_id.map_or(1, |id| id.saturating_add(1)),
+            // The largest id has no next one: the count starts again.
+            first_id: last_id.and_then(|id| id.checked_add(1)).unwrap_or(1),
             every: app.config.tick_interval,
         };
         (source, String::new())

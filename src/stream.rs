@@ -174,7 +174,9 @@ impl Stream {
                 loop {
                     select! {
                         recv(ticker) -> _ => {
-                            next_id += 1;
+                            // After the largest id, the count starts again
+                            // at 1 rather than wrapping to 0.
+                            next_id = next_id.checked_add(1).unwrap_or(1);
                             self.send_demo_event(next_id)?;
                         }
                         recv(ping) -> _ => self.send_ping()?,

@@ -167,6 +167,29 @@ fn last_event_id_continues_the_count() {
 }
 
 #[test]
+fn the_count_never_wraps_at_the_largest_id() {
+    let server = TestServer::start(&["--tick-interval", "100ms", "--ping-interval", "1m"]);
+    let max = u64::MAX;
+    // The largest id has no next: the count starts again at 1.
+    let mut at_max = SseClient::connect(server.addr, "/", &[("Last-Event-ID", &max.to_string())]);
+    let ids: Vec<u64> = at_max
+        .events(2, 10 * SECOND)
+        .iter()
+        .map(SseEvent::id_number)
+        .collect();
+    assert_eq!(ids, [1, 2]);
+    // One below it: the largest id, then 1 again (never 0).
+    let below = (max - 1).to_string();
+    let mut near = SseClient::connect(server.addr, "/", &[("Last-Event-ID", &below)]);
+    let ids: Vec<u64> = near
+        .events(3, 10 * SECOND)
+        .iter()
+        .map(SseEvent::id_number)
+        .collect();
+    assert_eq!(ids, [max, 1, 2]);
+}
+
+#[test]
 fn streams_send_their_headers_at_once() {
     let server = TestServer::start(&["--tick-interval", "1m", "--ping-interval", "1m"]);
     // `/events` has nothing to send, so the head must come on its own.
