@@ -114,7 +114,9 @@ enum Plain {
     WrongMethod(&'static str),
 }
 
-fn route(method: &Method, path: &str) -> Route {
+/// Where a request goes; `cors`: `--cors-origin` is set, so `/publish`
+/// also answers `OPTIONS` (and a 405 there says so in `Allow`).
+fn route(method: &Method, path: &str, cors: bool) -> Route {
     let get_like = matches!(method, Method::Get | Method::Head);
     let plain = match path {
         "/" if *method == Method::Get => return Route::Stream { demo: true },
@@ -122,7 +124,8 @@ fn route(method: &Method, path: &str) -> Route {
         "/" | "/events" => Plain::WrongMethod("GET"),
         "/publish" if *method == Method::Post => Plain::Publish,
         "/publish" if *method == Method::Options => Plain::PublishPreflight,
-        "/publish" => Plain::WrongMethod("POST, OPTIONS"),
+        "/publish" if cors => Plain::WrongMethod("POST, OPTIONS"),
+        "/publish" => Plain::WrongMethod("POST"),
         "/health" if get_like => Plain::Health,
         "/metrics" if get_like => Plain::Metrics,
         "/demo" if get_like => Plain::DemoPage,
@@ -178,7 +181,7 @@ fn handle(app: &Arc<App>, request: Request) {
     }
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    match route(request.method(), path) {
+    match route(request.method(), path, app.config.cors_origin.is_some()) {
         Route::Stream { demo } => open_stream(app, request, query, demo),
         Route::Plain(plain) => {
             let (path, query) = (path.to_string(), query.to_string());
@@ -651,25 +654,32 @@ mod tests {
     #[test]
     fn routes() {
         let plain = Route::Plain;
-        assert_eq!(route(&Method::Get, "/"), Route::Stream { demo: true });
-        assert_eq!(route(&Method::Post, "/"), plain(Plain::WrongMethod("GET")));
-        assert_eq!(route(&Method::Get, "/events"), Route::Stream { demo: false });
-        assert_eq!(route(&Method::Post, "/publish"), plain(Plain::Publish));
+        assert_eq!(route(&Method::Get, "/", true), Route::Stream { demo: true });
+        assert_eq!(route(&Method::Post, "/", true), plain(Plain::WrongMethod("GET")));
         assert_eq!(
-            route(&Method::Options, "/publish"),
+            route(&Method::Get, "/events", true),
+            Route::Stream { demo: false }
+        );
+        assert_eq!(route(&Method::Post, "/publish", true), plain(Plain::Publish));
+        assert_eq!(
+            route(&Method::Options, "/publish", true),
             plain(Plain::PublishPreflight)
         );
         assert_eq!(
-            route(&Method::Get, "/publish"),
+            route(&Method::Get, "/publish", true),
             plain(Plain::WrongMethod("POST, OPTIONS"))
         );
-        assert_eq!(route(&Method::Head, "/health"), plain(Plain::Health));
         assert_eq!(
-            route(&Method::Delete, "/metrics"),
+            route(&Method::Get, "/publish", false),
+            plain(Plain::WrongMethod("POST"))
+        );
+        assert_eq!(route(&Method::Head, "/health", true), plain(Plain::Health));
+        assert_eq!(
+            route(&Method::Delete, "/metrics", true),
             plain(Plain::WrongMethod("GET, HEAD"))
         );
-        assert_eq!(route(&Method::Get, "/nope"), plain(Plain::NotFound));
-        assert_eq!(route(&Method::Get, "/events/"), plain(Plain::NotFound));
+        assert_eq!(route(&Method::Get, "/nope", true), plain(Plain::NotFound));
+        assert_eq!(route(&Method::Get, "/events/", true), plain(Plain::NotFound));
     }
 
     #[test]

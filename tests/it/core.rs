@@ -355,6 +355,8 @@ fn unknown_paths_get_404_and_wrong_methods_405_in_json() {
         let methods: Vec<&str> = allow.split(',').map(str::trim).collect();
         assert!(methods.contains(&allowed), "{method} {path}: Allow: {allow}");
         assert!(!methods.contains(&method), "{method} {path}: Allow: {allow}");
+        // Without --cors-origin, OPTIONS /publish is refused too.
+        assert!(!methods.contains(&"OPTIONS"), "{method} {path}: Allow: {allow}");
         let error = error_of(&response);
         assert!(error.contains(method), "405 names the method: {error}");
     }

@@ -113,6 +113,15 @@ fn preflight_allows_post_with_authorization_and_content_type() {
     let methods = list(&answer.header("Access-Control-Allow-Methods").unwrap_or_default());
     assert!(methods.contains(&"post".to_string()), "{}", answer.head);
     let headers = list(&answer.header("Access-Control-Allow-Headers").unwrap_or_default());
+    // With CORS on, a wrong method on /publish names OPTIONS among the allowed.
+    let wrong = http(addr, "GET", "/publish", &[], b"");
+    assert_eq!(wrong.status, 405, "{wrong:?}");
+    assert_eq!(
+        wrong.header("Allow").as_deref(),
+        Some("POST, OPTIONS"),
+        "{}",
+        wrong.head
+    );
     for needed in ["authorization", "content-type"] {
         assert!(
             headers.contains(&needed.to_string()),
