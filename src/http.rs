@@ -497,11 +497,22 @@ fn raw_error_response(error: &ApiError, http10: bool, cors_origin: Option<&str>)
 }
 
 fn handle_publish(app: &Arc<App>, mut request: Request, query: &str) {
-    match publish_request(app, &mut request, query) {
+    // A panic in here still gets a JSON answer (tiny_http would send an
+    // empty 500 for the dropped request); `on_request_thread` logs it.
+    let outcome = catch_unwind(AssertUnwindSafe(|| publish_request(app, &mut request, query)));
+    match outcome {
         // The subscribers are woken once the answer is out (see
         // `broker::PendingFanOut`): `_fan_out` is dropped last.
-        Ok((body, _fan_out)) => respond_json(app, request, 200, &body),
-        Err(error) => respond_error(app, request, error),
+        Ok(Ok((body, _fan_out))) => respond_json(app, request, 200, &body),
+        Ok(Err(error)) => respond_error(app, request, error),
+        Err(panic) => {
+            respond_error(
+                app,
+                request,
+                ApiError::new(500, "internal error while publishing (logged by the server)"),
+            );
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 

@@ -240,6 +240,12 @@ fn a_panic_ends_one_connection_and_the_server_goes_on() {
         answer.status, 500,
         "a panicking publish gets an error answer: {answer:?}"
     );
+    assert!(
+        answer.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("internal error")),
+        "the 500 is JSON like every error: {answer:?}"
+    );
     let id = publish(server.addr, "fine", "still serving");
     assert_eq!(healthy.next_event(LONG).map(|e| e.id_number()), Some(id));
     assert!(
