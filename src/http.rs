@@ -435,6 +435,18 @@ fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: Strea
         if let (Some(bus), Some(after)) = (&app.redis, last_id) {
             bus.backfill(&names, after);
         }
+        // An id past every id given out here (a client of a server whose
+        // clock was ahead, or a made-up one) would hold back every event
+        // until the ids caught up with it: such a client has missed
+        // nothing, and gets the events published from now on. (With Redis,
+        // this node may be behind the shared log: the id is taken as it is.)
+        let last_id = match (&app.redis, last_id) {
+            (None, Some(id)) if id > app.broker.last_id() => {
+                log::debug!("Last-Event-ID {id} is ahead of the newest event; taken as the newest");
+                Some(app.broker.last_id())
+            }
+            (_, id) => id,
+        };
         match app.broker.subscribe(&names, last_id) {
             Ok(subscription) => {
                 let channels = subscription.channels().join(",");

@@ -707,6 +707,21 @@ fn bodies_cut_short_or_with_a_bad_length_publish_nothing() {
 }
 
 #[test]
+fn a_last_event_id_from_the_future_misses_nothing_new() {
+    let server = TestServer::start(&["--ping-interval", "1m"]);
+    let addr = server.addr;
+    let old = id_of(&publish_raw(addr, "channel=f", b"old"));
+    // An id far past any given out (a day of microseconds ahead).
+    let ahead = (old + 86_400_000_000).to_string();
+    let mut client = subscribe(addr, "channel=f", &[("Last-Event-ID", &ahead)]);
+    let new = id_of(&publish_raw(addr, "channel=f", b"new"));
+    assert!(new < old + 86_400_000_000);
+    let events = client.events(1, 10 * SECOND);
+    assert_eq!(ids(&events), [new], "{}", received(&client));
+    assert_eq!(events[0].data, "new");
+}
+
+#[test]
 fn publish_token_is_required_when_set() {
     let server = TestServer::start(&["--publish-token", "s3cret", "--ping-interval", "1m"]);
     let addr = server.addr;
