@@ -179,7 +179,7 @@ const OPTIONS: &[OptionSpec] = &[
         flag: "write-timeout",
         value: "DURATION",
         default: "10s",
-        help: "a write taking longer ends the stream",
+        help: "a write taking longer, or sent data unacknowledged that long, ends the stream",
     },
     OptionSpec {
         flag: "max-body",

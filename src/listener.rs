@@ -1,9 +1,10 @@
 //! The listening socket, set up so that tiny_http's connections behave.
 //!
 //! tiny_http never lets a handler reach a connection's socket, but on Linux an
-//! accepted socket inherits `SO_RCVTIMEO`, `SO_SNDTIMEO` and `TCP_NODELAY`
-//! from the listening socket. So the options are set once, here, on the
-//! listener (through a `TcpStream` view of the same descriptor, std only):
+//! accepted socket inherits `SO_RCVTIMEO`, `SO_SNDTIMEO`, `TCP_NODELAY` and
+//! `TCP_USER_TIMEOUT` from the listening socket. So the options are set once,
+//! here, on the listener (through a `TcpStream` view of the same descriptor,
+//! std and nix's safe `setsockopt`):
 //!
 //! - a short read timeout ([`IDLE_READ_TIMEOUT`]): tiny_http's pool thread,
 //!   which after a GET waits for a next request on the same connection, gives
@@ -11,7 +12,25 @@
 //!   descriptor; an unfinished request head is dropped after the same time;
 //! - the write timeout (`--write-timeout`): a write to a client that stopped
 //!   reading fails after that long, ending its stream;
-//! - `TCP_NODELAY`: each event leaves at once instead of waiting for an ACK.
+//! - `TCP_NODELAY`: each event leaves at once instead of waiting for an ACK;
+//! - `TCP_USER_TIMEOUT`, also the write timeout: a client that vanishes
+//!   without closing (network gone, no FIN or RST) acknowledges nothing, but
+//!   a ping is small and fits in the send buffer, so the write timeout alone
+//!   never fires and the stream would live for hours. With this option the
+//!   kernel drops a connection whose sent data stays unacknowledged that
+//!   long (on current kernels also one whose receive window stays closed
+//!   that long: a live client that stops reading is dropped even if no
+//!   write of ours blocks), and the stream's next write fails.
+//!
+//! The stream learns of the drop only at that next write: it holds
+//! tiny_http's writer, not the socket, so it cannot wait on the socket's
+//! state, and it must not write anything but events and pings. For a
+//! vanished client with ping interval `P` and write timeout `W`, the first
+//! write after it vanished (the next ping, at most `P` later) waits `W` for
+//! an acknowledgement, and the ping after that fails: the stream ends at most
+//! `P * (floor(W / P) + 2)` after the client vanished, which lies between
+//! `W + P` and `W + 2 P` (30 s with the defaults; events written meanwhile
+//! can only make it sooner). See the README, "Disconnects".
 //!
 //! The catch: `accept()` obeys the read timeout too, and tiny_http's acceptor
 //! thread ends on that error. [`KeepAwake`] connects to the listener more
@@ -31,6 +50,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
+
+use nix::sys::socket::setsockopt;
+use nix::sys::socket::sockopt::TcpUserTimeout;
 
 use crate::periodic::Periodic;
 
@@ -62,7 +84,17 @@ pub fn bind(host: &str, port: u16, write_timeout: Duration) -> io::Result<TcpLis
     view.set_read_timeout(Some(IDLE_READ_TIMEOUT))?;
     view.set_write_timeout(Some(write_timeout))?;
     view.set_nodelay(true)?;
+    setsockopt(&view, TcpUserTimeout, &user_timeout_ms(write_timeout))?;
     Ok(TcpListener::from(OwnedFd::from(view)))
+}
+
+/// `TCP_USER_TIMEOUT` for a write timeout, in milliseconds: at least 1 (0
+/// would mean the kernel's default, about 15 minutes of retransmissions)
+/// and at most `u32::MAX` (49 days).
+fn user_timeout_ms(write_timeout: Duration) -> u32 {
+    u32::try_from(write_timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 /// The address to connect to for reaching a listener bound to `bound`
@@ -117,6 +149,8 @@ mod tests {
             Some(Duration::from_millis(700))
         );
         assert!(accepted.nodelay().unwrap());
+        let user_timeout = nix::sys::socket::getsockopt(&accepted, TcpUserTimeout).unwrap();
+        assert_eq!(user_timeout, 700, "TCP_USER_TIMEOUT in ms");
         let start = Instant::now();
         let err = accepted.read(&mut [0u8; 8]).unwrap_err();
         assert!(matches!(
@@ -124,6 +158,13 @@ mod tests {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
         ));
         assert!(start.elapsed() >= IDLE_READ_TIMEOUT / 2);
+    }
+
+    #[test]
+    fn user_timeout_is_the_write_timeout_within_bounds() {
+        assert_eq!(user_timeout_ms(Duration::from_secs(10)), 10_000);
+        assert_eq!(user_timeout_ms(Duration::from_micros(10)), 1);
+        assert_eq!(user_timeout_ms(Duration::from_secs(60 * 86_400)), u32::MAX);
     }
 
     #[test]

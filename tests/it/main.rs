@@ -10,3 +10,4 @@ mod hardening;
 mod logging;
 mod metrics;
 mod redis;
+mod vanish;

@@ -299,9 +299,15 @@ pub struct Finished {
 /// Runs the binary with `args` and `env` until it exits; kills it and fails
 /// the test when it runs longer than `timeout`.
 pub fn run_binary(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Finished {
-    let mut child = binary_command(args, env)
+    run_to_end(binary_command(args, env), timeout)
+}
+
+/// Runs `command` (with piped stdout and stderr) until it exits; kills it
+/// and fails the test when it runs longer than `timeout`.
+pub fn run_to_end(mut command: Command, timeout: Duration) -> Finished {
+    let mut child = command
         .spawn()
-        .expect("start the tinysse binary");
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
     let read_all = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -320,7 +326,7 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Fin
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "tinysse {args:?} still running after {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                "{command:?} still running after {timeout:?}; stdout:\n{}\nstderr:\n{}",
                 stdout.join().unwrap_or_default(),
                 stderr.join().unwrap_or_default()
             );

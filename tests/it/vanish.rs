@@ -1,0 +1,170 @@
+//! A client that vanishes without closing (network gone, no FIN or RST):
+//! its stream ends once its unacknowledged data has waited out the write
+//! timeout (`TCP_USER_TIMEOUT`, see `src/listener.rs`) and the next ping
+//! fails.
+//!
+//! Making a client vanish takes a network that can be cut: the test runs
+//! itself again, as the `#[ignore]`d test below, in a network namespace of
+//! its own (`unshare --net`, root only), whose loopback it takes down. It
+//! also gets a PID namespace of its own, so that whatever it started dies
+//! with it even if it is killed. Where that is not allowed the test says so
+//! and passes.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::support::*;
+
+/// Set by the outer test for the inner run inside the new namespace: the
+/// outer test's own network namespace (`net:[INODE]`).
+const OUTER_NETNS: &str = "TINYSSE_TEST_OUTER_NETNS";
+
+/// The inner test, by its name in the test binary.
+const INNER: &str = "vanish::inner_stream_of_a_vanished_client_ends";
+
+/// Ping interval and write timeout of the inner test's server.
+const PING: Duration = Duration::from_secs(1);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// When the stream must have ended after its client vanished: the next ping
+/// (at most one interval later) goes unacknowledged, the kernel drops the
+/// connection a write timeout after it, and the stream learns it at its next
+/// ping: `P * (floor(W / P) + 2)`, 3 s here, plus room for a busy machine
+/// (the test cuts the network just after a ping, so it meets the worst
+/// case: about 3.01 s measured).
+const BOUND: Duration = Duration::from_secs(3);
+const SLACK: Duration = Duration::from_millis(1500);
+
+#[test]
+fn a_vanished_client_is_dropped_within_two_pings_and_the_write_timeout() {
+    if let Some(reason) = why_no_network_namespace() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let mut command = unshare();
+    command
+        .arg(test_binary)
+        .args([INNER, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(
+            OUTER_NETNS,
+            network_namespace().expect("this process's network namespace"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = run_to_end(command, Duration::from_secs(60));
+    let output = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert!(
+        run.status.success(),
+        "the inner test failed ({}); {output}",
+        run.status
+    );
+    assert!(
+        run.stdout.contains("1 passed"),
+        "the inner test did not run; {output}"
+    );
+    // libtest prints the inner test's line after the test's name.
+    if let Some((_, measured)) = run.stdout.split_once("vanished: ") {
+        println!("vanished: {}", measured.lines().next().unwrap_or_default());
+    }
+}
+
+/// `unshare` with new network and PID namespaces, ready for the command to
+/// run in them. The command is the PID namespace's init: when it ends, or
+/// `unshare` is killed (`--kill-child`), the kernel kills everything it
+/// started. `--mount-proc` makes `/proc` show that namespace's processes.
+fn unshare() -> Command {
+    let mut command = Command::new("unshare");
+    command.args(["--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]);
+    command
+}
+
+/// Why this process cannot make the namespaces and set their loopback up,
+/// if it cannot (not root, no `unshare` or `ip`, a sandbox).
+fn why_no_network_namespace() -> Option<String> {
+    let mut probe = unshare();
+    probe.args(["ip", "link", "set", "lo", "up"]).stdin(Stdio::null());
+    match probe.output() {
+        Err(e) => Some(format!("cannot run `unshare`: {e}")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "{probe:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// This process's network namespace, as `/proc/self/ns/net` names it.
+fn network_namespace() -> Option<std::path::PathBuf> {
+    std::fs::read_link("/proc/self/ns/net").ok()
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "run by a_vanished_client_is_dropped_within_two_pings_and_the_write_timeout in a network namespace of its own"]
+fn inner_stream_of_a_vanished_client_ends() {
+    // It takes the loopback interface down: never that of the machine.
+    let outer = std::env::var_os(OUTER_NETNS);
+    let own = network_namespace();
+    assert!(
+        outer.is_some() && own.is_some() && outer != own.map(Into::into),
+        "only for a network namespace of its own; run the outer test instead"
+    );
+    ip(&["link", "set", "lo", "up"]);
+    let secs = |d: Duration| format!("{}ms", d.as_millis());
+    let server = TestServer::start(&[
+        "--tick-interval",
+        "0",
+        "--ping-interval",
+        &secs(PING),
+        "--write-timeout",
+        &secs(WRITE_TIMEOUT),
+    ]);
+    let mut client = SseClient::connect(server.addr, "/events?channel=vanish", &[]);
+    let first = client.next_block(PING * 5);
+    assert!(
+        first.as_deref().is_some_and(|b| b.starts_with(": ping")),
+        "expected a ping, got {first:?}; logs:\n{}",
+        server.logs()
+    );
+
+    ip(&["link", "set", "lo", "down"]);
+    let vanished = Instant::now();
+    let ended = wait_until(BOUND + SLACK + Duration::from_secs(5), || {
+        server.logs().contains("stream closed")
+    });
+    let after = vanished.elapsed();
+    let logs = server.logs();
+    assert!(ended, "the stream outlived its vanished client; logs:\n{logs}");
+    println!(
+        "vanished: stream closed {:.2}s after lo went down (ping {PING:?}, write timeout {WRITE_TIMEOUT:?}, bound {BOUND:?})",
+        after.as_secs_f64()
+    );
+    assert!(
+        logs.contains("reason=client_left"),
+        "not closed as a client that left; logs:\n{logs}"
+    );
+    // Not before its unacknowledged ping has waited out the write timeout.
+    assert!(
+        after >= WRITE_TIMEOUT && after <= BOUND + SLACK,
+        "closed {after:?} after the client vanished, bound {BOUND:?}; logs:\n{logs}"
+    );
+
+    // Its thread and subscription are gone, and the server serves on.
+    let no_thread = wait_until(Duration::from_secs(5), || server.stream_tasks().is_empty());
+    assert!(no_thread, "stream threads left: {:?}", server.thread_names());
+    ip(&["link", "set", "lo", "up"]);
+    let health = get(server.addr, "/health").json();
+    assert_eq!(health["open_streams"], 0, "{health}");
+    drop(client);
+}
