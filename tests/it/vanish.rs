@@ -31,13 +31,19 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// connection a write timeout after it, and the stream learns it at its next
 /// ping: `P * (floor(W / P) + 2)`, 3 s here, plus room for a busy machine
 /// (the test cuts the network just after a ping, so it meets the worst
-/// case: about 3.01 s measured).
+/// case: about 3.01 s measured). What the test guards is that the stream
+/// ends at all, and through the write timeout: the slack is wide.
 const BOUND: Duration = Duration::from_secs(3);
-const SLACK: Duration = Duration::from_millis(1500);
+const SLACK: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_vanished_client_is_dropped_within_two_pings_and_the_write_timeout() {
     if let Some(reason) = why_no_network_namespace() {
+        // CI (`.ci/run`) sets this: there the test must run.
+        assert!(
+            std::env::var_os("TINYSSE_REQUIRE_NETNS").is_none(),
+            "TINYSSE_REQUIRE_NETNS is set but {reason}"
+        );
         println!("skipped: {reason}");
         return;
     }
