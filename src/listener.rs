@@ -51,8 +51,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use nix::sys::socket::setsockopt;
 use nix::sys::socket::sockopt::TcpUserTimeout;
+use nix::sys::socket::{listen, setsockopt, Backlog};
 
 use crate::periodic::Periodic;
 
@@ -85,6 +85,12 @@ pub fn bind(host: &str, port: u16, write_timeout: Duration) -> io::Result<TcpLis
     view.set_write_timeout(Some(write_timeout))?;
     view.set_nodelay(true)?;
     setsockopt(&view, TcpUserTimeout, &user_timeout_ms(write_timeout))?;
+    // std listens with a queue of 128; when every EventSource of a box
+    // reconnects at once (after a restart, a network blip), connections past
+    // it lose their SYN and wait a second or more to retry. Listening again
+    // on the same socket raises the queue (the kernel caps it at
+    // net.core.somaxconn).
+    listen(&view, Backlog::MAXCONN)?;
     Ok(TcpListener::from(OwnedFd::from(view)))
 }
 
@@ -158,6 +164,28 @@ mod tests {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
         ));
         assert!(start.elapsed() >= IDLE_READ_TIMEOUT / 2);
+    }
+
+    #[test]
+    fn a_burst_of_connects_finds_room_in_the_accept_queue() {
+        // 300 connections, none accepted yet: with std's queue of 128 the
+        // ones past it would wait for a SYN retry (a second or more).
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        if cap.is_some_and(|cap| cap < 300) {
+            println!("skipped: net.core.somaxconn is {cap:?}, under 300");
+            return;
+        }
+        let listener = bind("127.0.0.1", 0, Duration::from_secs(10)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connected: Vec<TcpStream> = (0..300)
+            .map(|n| {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connect {n} of 300: {e}"))
+            })
+            .collect();
+        assert_eq!(connected.len(), 300);
     }
 
     #[test]
