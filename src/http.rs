@@ -440,10 +440,13 @@ fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: Strea
         // until the ids caught up with it: such a client has missed
         // nothing, and gets the events published from now on. (With Redis,
         // this node may be behind the shared log: the id is taken as it is.)
+        // The newest id is read once: an event published meanwhile has a
+        // larger id and is delivered.
+        let newest = app.broker.last_id();
         let last_id = match (&app.redis, last_id) {
-            (None, Some(id)) if id > app.broker.last_id() => {
-                log::debug!("Last-Event-ID {id} is ahead of the newest event; taken as the newest");
-                Some(app.broker.last_id())
+            (None, Some(id)) if id > newest => {
+                log::debug!("Last-Event-ID {id} is ahead of the newest event; taken as {newest}");
+                Some(newest)
             }
             (_, id) => id,
         };
