@@ -93,8 +93,13 @@ fn unfinished_request_heads_are_closed_while_health_answers() {
     let health = get(server.addr, "/health");
     let took = started.elapsed();
     assert_eq!(health.status, 200);
+    // Not held until the stalled heads are cut (10 s). It may wait up to
+    // ~2 s, though: tiny_http's pool can queue a connection that arrives
+    // with a burst until a worker's task ends (a silent head's read times
+    // out after 2 s) or the keep-awake connection frees one (BENCHMARKS.md,
+    // "Limits found"); seen once in CI at 2.03 s.
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(4),
         "/health took {took:?} beside 200 stalled heads"
     );
     for (i, s) in stalled.iter_mut().enumerate() {
