@@ -45,10 +45,24 @@
 //! connections the pool shrinks back to its 4 permanent threads only if
 //! `P >= 5 s / 4`. Hence the keep-awake period of 1.25 s, and the read
 //! timeout of 2 s above it.
+//!
+//! The keep-awake connection also frees connections that tiny_http's pool
+//! left queued. `TaskPool::spawn` counts an idle worker until that worker
+//! holds the queue's lock again, so of two connections that arrive together
+//! both can be queued for one worker: it serves the first, and the second
+//! waits until some worker finishes a task (BENCHMARKS.md, "Limits found").
+//! Every new connection makes a worker take the oldest queued task (a fresh
+//! thread takes it after the connection's own short task). So the
+//! keep-awake connection asks `GET /health`: an answer within
+//! [`PROBE_WAIT`] means nothing is queued ahead of it; while there is
+//! none, it opens and closes one more connection, each of which frees one
+//! queued connection, [`MAX_RESCUES`] at most per period.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::sockopt::TcpUserTimeout;
@@ -73,6 +87,16 @@ const POOL_MIN_THREADS: u64 = 4;
 /// exit.
 const KEEP_AWAKE_EVERY: Duration =
     Duration::from_millis(POOL_IDLE_EXIT.as_millis() as u64 / POOL_MIN_THREADS);
+
+/// How long the keep-awake request waits for its answer before it takes
+/// itself for queued behind other connections and opens one more.
+const PROBE_WAIT: Duration = Duration::from_millis(50);
+
+/// Extra connections the keep-awake thread opens at most per period.
+const MAX_RESCUES: usize = 32;
+
+/// The keep-awake request: it is answered, then the connection closes.
+const PROBE: &[u8] = b"GET /health HTTP/1.1\r\nHost: keep-awake\r\nConnection: close\r\n\r\n";
 
 /// Binds `host:port` and sets the options every accepted socket inherits.
 ///
@@ -118,7 +142,18 @@ pub fn connect_address(bound: SocketAddr) -> SocketAddr {
 /// `accept()` never runs into the inherited read timeout. Stops when dropped.
 #[derive(Debug)]
 pub struct KeepAwake {
+    /// Raised when dropped: a round in progress ends at once.
+    stopping: Arc<AtomicBool>,
     _thread: Periodic,
+}
+
+impl Drop for KeepAwake {
+    fn drop(&mut self) {
+        // Before `_thread` is dropped (and joined): a round waiting for an
+        // answer that a stopping server no longer gives ends within
+        // `PROBE_WAIT`.
+        self.stopping.store(true, Ordering::Release);
+    }
 }
 
 impl KeepAwake {
@@ -127,14 +162,46 @@ impl KeepAwake {
     /// # Errors
     /// When the thread cannot be started.
     pub fn start(addr: SocketAddr) -> io::Result<KeepAwake> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopping);
         let thread = Periodic::start("keep-awake", Duration::ZERO, move || {
-            // The connection is closed at once; tiny_http reads EOF and
-            // forgets it. A failure is retried next time.
-            let _ = TcpStream::connect_timeout(&addr, KEEP_AWAKE_EVERY);
+            poke(addr, &stop);
             KEEP_AWAKE_EVERY
         })?;
-        Ok(KeepAwake { _thread: thread })
+        Ok(KeepAwake {
+            stopping,
+            _thread: thread,
+        })
     }
+}
+
+/// One keep-awake round: a `GET /health`, and while it goes unanswered, up
+/// to [`MAX_RESCUES`] connections closed at once (tiny_http reads EOF and
+/// forgets each), each freeing one connection queued in tiny_http's pool.
+/// Returns how many it opened. Failures are retried next round; the round
+/// ends as soon as `stopping` is raised.
+fn poke(addr: SocketAddr, stopping: &AtomicBool) -> usize {
+    let Ok(mut probe) = TcpStream::connect_timeout(&addr, KEEP_AWAKE_EVERY) else {
+        return 0;
+    };
+    if probe.write_all(PROBE).is_err() || probe.set_read_timeout(Some(PROBE_WAIT)).is_err() {
+        return 0;
+    }
+    let mut answer = [0u8; 256];
+    let mut rescues = 0;
+    while rescues < MAX_RESCUES && !stopping.load(Ordering::Acquire) {
+        match probe.read(&mut answer) {
+            // Answered (or closed): nothing is queued ahead of it.
+            Ok(_) => break,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                let _ = TcpStream::connect_timeout(&addr, PROBE_WAIT);
+                rescues += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    rescues
 }
 
 #[cfg(test)]
@@ -186,6 +253,55 @@ mod tests {
             })
             .collect();
         assert_eq!(connected.len(), 300);
+    }
+
+    #[test]
+    fn poke_opens_connections_until_its_request_is_answered() {
+        // A stand-in for tiny_http with connections queued: it answers the
+        // keep-awake request only after three more connections came.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let poker = std::thread::spawn(move || poke(addr, &AtomicBool::new(false)));
+        let (mut probe, _) = listener.accept().unwrap();
+        let mut head = [0u8; 256];
+        let n = probe.read(&mut head).unwrap();
+        assert!(head[..n].starts_with(b"GET /health "), "{:?}", &head[..n]);
+        for _ in 0..3 {
+            let (extra, _) = listener.accept().unwrap();
+            drop(extra);
+        }
+        probe
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        let rescues = poker.join().unwrap();
+        // More may have been on their way when the answer came (one per
+        // 50 ms this thread was late), but the answer ends the round.
+        assert!((3..MAX_RESCUES).contains(&rescues), "{rescues} extra connections");
+
+        // Answered at once: no extra connection (one or two if this thread
+        // was late by 50 ms or more).
+        let poker = std::thread::spawn(move || poke(addr, &AtomicBool::new(false)));
+        let (mut probe, _) = listener.accept().unwrap();
+        probe
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        let rescues = poker.join().unwrap();
+        assert!(rescues < 3, "{rescues} extra connections");
+    }
+
+    #[test]
+    fn a_round_ends_at_once_when_stopping() {
+        // Nobody answers: only the stop flag can end the round early.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stopping);
+        let poker = std::thread::spawn(move || poke(addr, &flag));
+        let _probe = listener.accept().unwrap();
+        let _first_rescue = listener.accept().unwrap();
+        stopping.store(true, Ordering::Release);
+        let rescues = poker.join().unwrap();
+        assert!(rescues < MAX_RESCUES, "{rescues} extra connections");
     }
 
     #[test]
