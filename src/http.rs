@@ -325,11 +325,7 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
 /// The `Last-Event-ID` of a request: the header, else `?lastEventId=`.
 /// Anything but a decimal id is ignored, as if none was sent.
 fn last_event_id(request: &Request, query: &str) -> Option<EventId> {
-    let from_header = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Last-Event-ID"))
-        .map(|h| h.value.as_str().trim().to_string());
+    let from_header = request_header(request, "Last-Event-ID").map(|v| v.trim().to_string());
     let raw = from_header.or_else(|| {
         form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "lastEventId")
@@ -537,11 +533,7 @@ fn publish_request(
     query: &str,
 ) -> Result<(serde_json::Value, Option<PendingFanOut>), ApiError> {
     if let Some(token) = &app.config.publish_token {
-        let given = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str().trim());
+        let given = request_header(request, "Authorization").map(str::trim);
         let presented = given.and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("Bearer").then(|| rest.trim())
@@ -556,25 +548,13 @@ fn publish_request(
             return Err(ApiError::new(401, message).with_header("WWW-Authenticate", "Bearer"));
         }
     }
-    let json = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .is_some_and(|h| publish::is_json(h.value.as_str()));
+    let json = request_header(request, "Content-Type").is_some_and(publish::is_json);
     let declared = request.body_length();
     // tiny_http ignores a Content-Length it cannot parse (and reads no body);
     // a chunked body has none to check.
-    let chunked = request
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("Transfer-Encoding"));
-    if let Some(bad) = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Length"))
-        .filter(|_| declared.is_none() && !chunked)
-    {
-        return Err(PublishError::BadContentLength(bad.value.as_str().to_string()).into());
+    let chunked = request_header(request, "Transfer-Encoding").is_some();
+    if let Some(bad) = request_header(request, "Content-Length").filter(|_| declared.is_none() && !chunked) {
+        return Err(PublishError::BadContentLength(bad.to_string()).into());
     }
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
@@ -613,6 +593,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
     }
     diff == 0
+}
+
+/// The value of a request's first header called `name` (any case).
+fn request_header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
 }
 
 fn header(name: &str, value: &str) -> Header {
