@@ -663,13 +663,10 @@ fn publish_cut_short(addr: SocketAddr, head_lines: &str, body: &[u8]) -> HttpRes
     }
     stream.write_all(body).expect("send body");
     stream.shutdown(std::net::Shutdown::Write).expect("half-close");
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&chunk[..n]),
-            Err(e) => panic!("no answer: {e} after {raw:?}"),
-        }
-    }
+    assert!(
+        read_until_closed(&mut stream, 10 * SECOND, &mut raw),
+        "no whole answer within 10 s: {raw:?}"
+    );
     parse_response(&raw)
 }
 
