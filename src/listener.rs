@@ -112,9 +112,10 @@ pub fn bind(host: &str, port: u16, write_timeout: Duration) -> io::Result<TcpLis
     // std listens with a queue of 128; when every EventSource of a box
     // reconnects at once (after a restart, a network blip), connections past
     // it lose their SYN and wait a second or more to retry. Listening again
-    // on the same socket raises the queue (the kernel caps it at
-    // net.core.somaxconn).
-    listen(&view, Backlog::MAXCONN)?;
+    // on the same socket raises the queue: -1 asks for as much as the
+    // kernel allows (net.core.somaxconn). Not `Backlog::MAXCONN`: that is
+    // the C library's SOMAXCONN, 4096 with glibc but 128 with musl.
+    listen(&view, Backlog::MAXALLOWABLE)?;
     Ok(TcpListener::from(OwnedFd::from(view)))
 }
 
