@@ -47,6 +47,8 @@ pub mod publish;
 pub mod redis_bus;
 mod redis_reader;
 mod redis_reply;
+mod redis_url;
+mod resp;
 pub mod server;
 pub mod stats;
 pub mod stream;

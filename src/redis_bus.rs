@@ -23,6 +23,10 @@
 //!   streams stay open with their pings, and the reader reconnects with
 //!   backoff and resumes the feed after the last entry it applied.
 //!
+//! Redis is spoken to through the small RESP2 client of module `resp`,
+//! over one TCP connection per reader and a few pooled ones for publishes
+//! and back-fills; the URL is parsed by module `redis_url`.
+//!
 //! Limits: one Redis server (not Redis Cluster: the script touches several
 //! keys); each event is stored twice (feed and channel stream); a publish
 //! that Redis received but did not confirm is answered `503` and may come
@@ -36,10 +40,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use redis::Value;
 
 use crate::broker::{self, Broker, BrokerError, EventId, Published};
-use crate::redis_reply::parse_entries;
+use crate::redis_reply::{self, parse_entries};
+use crate::redis_url::RedisUrl;
+use crate::resp::{Command, Connection, RespError};
 
 /// Key of the newest id assigned.
 pub const LAST_ID_KEY: &str = "tinysse:last-id";
@@ -101,7 +106,7 @@ return text
 /// Raises the newest id to at least `ARGV[1]` and returns it, so that after a
 /// Redis restart without persistence new ids still come after what nodes
 /// have applied. KEYS: last-id.
-const FLOOR_SCRIPT: &str = r"
+pub(crate) const FLOOR_SCRIPT: &str = r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local floor = tonumber(ARGV[1])
 if floor > last then
@@ -182,15 +187,13 @@ pub(crate) struct Position {
 
 /// What the bus and its reader thread share.
 pub(crate) struct Shared {
-    pub(crate) client: redis::Client,
+    url: RedisUrl,
     /// `host:port/db`, without credentials, for messages.
     pub(crate) server: String,
     pub(crate) broker: Arc<Broker>,
     pub(crate) position: Mutex<Position>,
     pub(crate) position_changed: Condvar,
-    pool: Mutex<Vec<redis::Connection>>,
-    publish_script: redis::Script,
-    pub(crate) floor_script: redis::Script,
+    pool: Mutex<Vec<Connection>>,
 }
 
 impl Shared {
@@ -201,17 +204,13 @@ impl Shared {
 
     /// Opens a connection (within `timeout`, at most [`CONNECT_TIMEOUT`])
     /// whose replies may take up to `read_timeout`.
-    pub(crate) fn connect(
-        &self,
-        timeout: Duration,
-        read_timeout: Duration,
-    ) -> redis::RedisResult<redis::Connection> {
-        let con = self
-            .client
-            .get_connection_with_timeout(timeout.min(CONNECT_TIMEOUT))?;
-        con.set_read_timeout(Some(read_timeout))?;
-        con.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-        Ok(con)
+    pub(crate) fn connect(&self, timeout: Duration, read_timeout: Duration) -> Result<Connection, RespError> {
+        Connection::open(
+            &self.url,
+            timeout.min(CONNECT_TIMEOUT),
+            read_timeout,
+            COMMAND_TIMEOUT,
+        )
     }
 
     /// Drops the idle publish connections: the reader lost Redis, so they
@@ -235,7 +234,7 @@ impl Shared {
     fn with_connection<T>(
         &self,
         timeout: Duration,
-        job: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        job: impl FnOnce(&mut Connection) -> Result<T, RespError>,
     ) -> Result<T, BusError> {
         if !self.position().connected {
             return Err(self.unavailable("not connected; reconnecting"));
@@ -248,7 +247,7 @@ impl Shared {
         let outcome = con.set_read_timeout(Some(timeout)).and_then(|()| job(&mut con));
         let in_step = match &outcome {
             Ok(_) => true,
-            Err(e) => e.code().is_some(),
+            Err(e) => e.is_reply(),
         };
         if in_step {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -294,25 +293,22 @@ impl RedisBus {
     /// node runs, refusing publishes, until Redis answers.
     ///
     /// # Errors
-    /// [`BusError::Url`] for a URL the `redis` crate cannot use,
+    /// [`BusError::Url`] for a URL that cannot be parsed,
     /// [`BusError::Unavailable`] when the reader thread cannot be started.
     pub fn start(url: &str, broker: Arc<Broker>, wait: Duration) -> Result<RedisBus, BusError> {
-        let client = redis::Client::open(url).map_err(|e| BusError::Url {
+        let url = RedisUrl::parse(url).map_err(|e| BusError::Url {
             url: without_password(url),
             reason: e.to_string(),
         })?;
-        let info = client.get_connection_info();
-        let server = format!("{}/{}", info.addr, info.redis.db);
+        let server = url.server();
         let history = broker.config().history;
         let shared = Arc::new(Shared {
-            client,
+            url,
             server,
             broker,
             position: Mutex::new(Position::default()),
             position_changed: Condvar::new(),
             pool: Mutex::new(Vec::new()),
-            publish_script: redis::Script::new(PUBLISH_SCRIPT),
-            floor_script: redis::Script::new(FLOOR_SCRIPT),
         });
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let reader = Arc::clone(&shared);
@@ -373,27 +369,28 @@ impl RedisBus {
     ) -> Result<Published, BusError> {
         broker::validate_publish(channel, event_name)?;
         let floor = self.shared.broker.last_id();
-        let key = channel_key(channel);
-        let text: String = self.shared.with_connection(COMMAND_TIMEOUT, |con| {
-            self.shared
-                .publish_script
-                .key(LAST_ID_KEY)
-                .key(FEED_KEY)
-                .key(&key)
-                .arg(floor)
-                .arg(self.history)
-                .arg(FEED_LEN)
-                .arg(channel)
-                .arg(data)
-                .arg(event_name.unwrap_or(""))
-                .invoke(con)
-        })?;
-        let id: EventId = text.parse().map_err(|_| {
-            self.shared.unavailable(format!(
-                "unexpected id '{}' from the publish script",
-                text.escape_default()
-            ))
-        })?;
+        // EVAL, not EVALSHA: Redis caches the script by its text anyway.
+        let script = Command::new("EVAL")
+            .arg(PUBLISH_SCRIPT)
+            .arg(3_usize)
+            .arg(LAST_ID_KEY)
+            .arg(FEED_KEY)
+            .arg(channel_key(channel))
+            .arg(floor)
+            .arg(self.history)
+            .arg(FEED_LEN)
+            .arg(channel)
+            .arg(data)
+            .arg(event_name.unwrap_or(""));
+        let reply = self
+            .shared
+            .with_connection(COMMAND_TIMEOUT, |con| con.query(&script))?;
+        let id: EventId = redis_reply::text(&reply)
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                self.shared
+                    .unavailable(format!("unexpected id {reply:?} from the publish script"))
+            })?;
         self.wait_applied(id, APPLY_WAIT);
         Ok(Published {
             id,
@@ -441,18 +438,20 @@ impl RedisBus {
         {
             return;
         }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.cmd("XREVRANGE")
-                .arg(channel_key(name))
-                .arg("+")
-                .arg(format!("{after}-1"))
-                .arg("COUNT")
-                .arg(self.history);
-        }
-        let replies: Vec<Value> = match self
+        let commands: Vec<Command> = names
+            .iter()
+            .map(|name| {
+                Command::new("XREVRANGE")
+                    .arg(channel_key(name))
+                    .arg("+")
+                    .arg(format!("{after}-1"))
+                    .arg("COUNT")
+                    .arg(self.history)
+            })
+            .collect();
+        let replies = match self
             .shared
-            .with_connection(BACKFILL_TIMEOUT, |con| pipe.query(con))
+            .with_connection(BACKFILL_TIMEOUT, |con| con.pipeline(&commands))
         {
             Ok(replies) => replies,
             Err(e) => {

@@ -16,11 +16,11 @@
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use redis::Value;
 
 use crate::broker::EventId;
-use crate::redis_bus::{channel_key, Shared, FEED_KEY, FEED_LEN, LAST_ID_KEY};
+use crate::redis_bus::{channel_key, Shared, FEED_KEY, FEED_LEN, FLOOR_SCRIPT, LAST_ID_KEY};
 use crate::redis_reply::{self, entry_id_text, feed_items, info_fields, parse_entry_id, Entry};
+use crate::resp::{Command, Connection, RespError};
 
 /// How long one `XREAD` blocks waiting for entries; also how long stopping
 /// may wait for the reader.
@@ -125,18 +125,26 @@ fn set_connected(shared: &Shared, connected: bool, applied: Option<EventId>) -> 
 /// the stop.
 fn session(
     shared: &Shared,
-    con: &mut redis::Connection,
+    con: &mut Connection,
     cursor: &mut Option<Cursor>,
     backoff: &mut Backoff,
     stop_rx: &Receiver<()>,
-) -> redis::RedisResult<()> {
+) -> Result<(), RespError> {
     // New ids must come after everything this node has applied, even if
     // Redis lost its data.
     let floor = cursor
         .as_ref()
         .map_or_else(|| shared.broker.last_id(), |c| c.applied);
-    let newest: String = shared.floor_script.key(LAST_ID_KEY).arg(floor).invoke(con)?;
-    let newest: EventId = newest.parse().unwrap_or(floor);
+    let floor_script = Command::new("EVAL")
+        .arg(FLOOR_SCRIPT)
+        .arg(1_usize)
+        .arg(LAST_ID_KEY)
+        .arg(floor);
+    let newest = con.query(&floor_script)?;
+    let newest: EventId = redis_reply::text(&newest)
+        .ok_or_else(|| RespError::Protocol(format!("{newest:?} from the floor script")))?
+        .parse()
+        .unwrap_or(floor);
     let mut at = match cursor.take() {
         Some(resumed) => {
             catch_up(shared, con, resumed.applied)?;
@@ -159,22 +167,23 @@ fn session(
         at.entry
     );
     while !stopped(stop_rx) {
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(FEED_KEY)
-            .arg(&at.entry)
-            .query(con)?;
-        let items = feed_items(&reply).map_err(|e| protocol_error(e.to_string()))?;
+        let reply = con.query(
+            &Command::new("XREAD")
+                .arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(FEED_KEY)
+                .arg(&at.entry),
+        )?;
+        let items = feed_items(&reply).map_err(|e| RespError::Protocol(e.to_string()))?;
         if items.is_empty() {
             continue;
         }
         for item in items {
             let Some(entry_id) = entry_id_text(item) else {
-                return Err(protocol_error("a feed entry without an id".into()));
+                return Err(RespError::Protocol("a feed entry without an id".into()));
             };
             match redis_reply::parse_entry(item) {
                 Ok(entry) => {
@@ -205,18 +214,15 @@ fn apply(shared: &Shared, entry: &Entry) {
     }
 }
 
-fn protocol_error(what: String) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected reply from redis", what))
-}
-
 /// After a reconnection: if the feed dropped entries after `applied` (it
 /// keeps about [`FEED_LEN`]), apply the missed events of the channels this
 /// node holds from their own streams, in id order, before reading on.
-fn catch_up(shared: &Shared, con: &mut redis::Connection, applied: EventId) -> redis::RedisResult<()> {
-    let info: Value = match redis::cmd("XINFO").arg("STREAM").arg(FEED_KEY).query(con) {
+fn catch_up(shared: &Shared, con: &mut Connection, applied: EventId) -> Result<(), RespError> {
+    let info = match con.query(&Command::new("XINFO").arg("STREAM").arg(FEED_KEY)) {
         Ok(info) => info,
-        // No feed yet (an empty Redis): nothing was dropped.
-        Err(e) if e.kind() == redis::ErrorKind::ResponseError => return Ok(()),
+        // No feed yet (an empty Redis answers `ERR no such key`): nothing
+        // was dropped.
+        Err(e) if e.code() == Some("ERR") => return Ok(()),
         Err(e) => return Err(e),
     };
     let fields = info_fields(&info);
@@ -247,14 +253,16 @@ fn catch_up(shared: &Shared, con: &mut redis::Connection, applied: EventId) -> r
          catching up {} channels from their streams",
         channels.len()
     );
-    let mut pipe = redis::pipe();
-    for name in &channels {
-        pipe.cmd("XRANGE")
-            .arg(channel_key(name))
-            .arg(format!("{applied}-1"))
-            .arg(first.map_or_else(|| "+".to_string(), |f| format!("{f}-0")));
-    }
-    let replies: Vec<Value> = pipe.query(con)?;
+    let commands: Vec<Command> = channels
+        .iter()
+        .map(|name| {
+            Command::new("XRANGE")
+                .arg(channel_key(name))
+                .arg(format!("{applied}-1"))
+                .arg(first.map_or_else(|| "+".to_string(), |f| format!("{f}-0")))
+        })
+        .collect();
+    let replies = con.pipeline(&commands)?;
     let mut missed: Vec<Entry> = Vec::new();
     for (name, reply) in channels.iter().zip(&replies) {
         match redis_reply::parse_entries(reply) {

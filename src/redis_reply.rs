@@ -7,9 +7,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use redis::Value;
-
 use crate::broker::{EventId, LoggedEvent};
+use crate::resp::Value;
 
 /// A stream entry that could not be read as a tinysse event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,13 +106,6 @@ pub fn feed_items(reply: &Value) -> Result<&[Value], EntryError> {
     let streams = match reply {
         Value::Nil => return Ok(&[]),
         Value::Array(streams) => streams.as_slice(),
-        Value::Map(pairs) => {
-            return match pairs.first() {
-                Some((_, Value::Array(items))) => Ok(items),
-                None => Ok(&[]),
-                Some(_) => Err(EntryError(format!("an XREAD reply of another shape: {reply:?}"))),
-            }
-        }
         _ => return Err(EntryError(format!("an XREAD reply of another shape: {reply:?}"))),
     };
     match streams.first() {
@@ -134,28 +126,17 @@ pub fn entry_id_text(item: &Value) -> Option<String> {
     }
 }
 
-/// The name/value pairs of an `XINFO STREAM` reply (RESP2 flat list or
-/// RESP3 map).
+/// The name/value pairs of an `XINFO STREAM` reply (a RESP2 flat list).
 pub fn info_fields(info: &Value) -> HashMap<String, &Value> {
     let mut fields = HashMap::new();
-    match info {
-        Value::Array(items) => {
-            for pair in items.chunks(2) {
-                if let [name, value] = pair {
-                    if let Some(name) = text(name) {
-                        fields.insert(name, value);
-                    }
-                }
-            }
-        }
-        Value::Map(pairs) => {
-            for (name, value) in pairs {
+    if let Value::Array(items) = info {
+        for pair in items.chunks(2) {
+            if let [name, value] = pair {
                 if let Some(name) = text(name) {
                     fields.insert(name, value);
                 }
             }
         }
-        _ => {}
     }
     fields
 }
