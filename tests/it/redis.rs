@@ -15,12 +15,19 @@ use super::support::*;
 struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Its `--requirepass`, if any; the test's own commands authenticate.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts one on a free port, or returns `None` (the test then skips)
     /// when `redis-server` is not installed and Redis is not required.
     fn start_or_skip(test: &str) -> Option<RedisServer> {
+        RedisServer::start_with_password_or_skip(test, None)
+    }
+
+    /// As [`RedisServer::start_or_skip`], requiring `password` if given.
+    fn start_with_password_or_skip(test: &str, password: Option<&str>) -> Option<RedisServer> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -41,7 +48,11 @@ impl RedisServer {
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
-            let mut redis = RedisServer { child: None, port };
+            let mut redis = RedisServer {
+                child: None,
+                port,
+                password: password.map(str::to_string),
+            };
             if redis.spawn() {
                 return Some(redis);
             }
@@ -54,6 +65,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(self.password.iter().flat_map(|p| ["--requirepass", p.as_str()]))
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -115,19 +127,39 @@ impl RedisServer {
 
     /// Sends one command and returns the first line of the reply.
     fn try_command(&self, args: &[&str]) -> Option<String> {
+        self.try_commands(&[args])
+    }
+
+    /// Sends commands on one connection (after `AUTH` if the server has a
+    /// password) and returns the first line of the last reply; each other
+    /// reply must be a single line.
+    fn try_commands(&self, commands: &[&[&str]]) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        let auth;
+        let mut all: Vec<&[&str]> = Vec::new();
+        if let Some(password) = &self.password {
+            auth = ["AUTH", password.as_str()];
+            all.push(&auth);
+        }
+        all.extend_from_slice(commands);
+        let mut request = String::new();
+        for args in &all {
+            request.push_str(&format!("*{}\r\n", args.len()));
+            for arg in *args {
+                request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+            }
         }
         stream.write_all(request.as_bytes()).ok()?;
         let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while !reply.ends_with(b"\r\n") {
-            match stream.read(&mut byte) {
-                Ok(1) => reply.push(byte[0]),
-                _ => return None,
+        for _ in &all {
+            reply.clear();
+            let mut byte = [0u8; 1];
+            while !reply.ends_with(b"\r\n") {
+                match stream.read(&mut byte) {
+                    Ok(1) => reply.push(byte[0]),
+                    _ => return None,
+                }
             }
         }
         Some(String::from_utf8_lossy(&reply).into_owned())
@@ -564,4 +596,67 @@ fn a_hung_redis_gets_503_not_a_hung_node() {
         assert!(event.id_number() > last, "in order: {event:?} after {last}");
         last = event.id_number();
     }
+}
+
+#[test]
+fn a_password_and_a_database_in_the_url_are_used() {
+    let password = "s3cret@pass";
+    let Some(redis) = RedisServer::start_with_password_or_skip(
+        "a_password_and_a_database_in_the_url_are_used",
+        Some(password),
+    ) else {
+        return;
+    };
+    // '@' percent-encoded in the URL.
+    let url = format!("redis://:s3cret%40pass@127.0.0.1:{}/3", redis.port);
+    let a = TestServer::start(&["--redis", &url, "--tick-interval", "0"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || redis_state(a.addr) == "connected"),
+        "never connected; logs:\n{}",
+        a.logs()
+    );
+    let mut client = SseClient::connect(a.addr, "/events?channel=vault", &[]);
+    let id = publish(a.addr, "vault", "in db 3");
+    let event = client.next_event(Duration::from_secs(10));
+    assert_eq!(
+        event.as_ref().map(|e| (e.id_number(), e.data.as_str())),
+        Some((id, "in db 3"))
+    );
+    assert_eq!(
+        redis
+            .try_commands(&[&["SELECT", "3"], &["XLEN", "tinysse:channel:vault"]])
+            .as_deref(),
+        Some(":1\r\n"),
+        "the event is in db 3"
+    );
+    assert_eq!(
+        redis.command(&["EXISTS", "tinysse:channel:vault"]),
+        ":0\r\n",
+        "and not in db 0"
+    );
+    assert!(
+        a.logs().contains(&format!("127.0.0.1:{}/3", redis.port)),
+        "{}",
+        a.logs()
+    );
+    assert!(
+        !a.logs().contains("s3cret"),
+        "the password stays out of the logs:\n{}",
+        a.logs()
+    );
+
+    // A wrong password: the node runs, says Redis is disconnected, refuses
+    // publishes, and says why in its log.
+    let url = format!("redis://:not-the-password@127.0.0.1:{}/3", redis.port);
+    let b = TestServer::start(&["--redis", &url, "--tick-interval", "0"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || b.logs().contains("WRONGPASS")),
+        "no WRONGPASS in the logs:\n{}",
+        b.logs()
+    );
+    assert_eq!(redis_state(b.addr), "disconnected");
+    let response = try_publish(b.addr, "vault", "refused");
+    assert_eq!(response.status, 503, "{response:?}");
+    assert_eq!(get(b.addr, "/health").status, 200);
+    assert!(!b.logs().contains("not-the-password"), "{}", b.logs());
 }
