@@ -376,10 +376,9 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         .with_header("Retry-After", "5");
         return answer_error_later(app, request, error);
     };
-    if let Some(peer) = request.remote_addr() {
-        // The head guard leaves a stream's connection alone for good.
-        app.heads.record(*peer, true);
-    }
+    // The head guard leaves a stream's connection alone while the stream
+    // lasts: the mark goes with the stream's thread and ends with it.
+    let open_mark = request.remote_addr().map(|peer| app.heads.stream_opened(*peer));
     let params = StreamRequest {
         demo,
         channels,
@@ -396,6 +395,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     let thread_app = Arc::clone(app);
     let started = spawn_waiting("sse-stream", move |writer: Box<dyn Write + Send>| {
         serve_stream(&thread_app, writer, params, slot);
+        drop(open_mark);
     });
     match started {
         Ok(handoff) => {
