@@ -53,7 +53,10 @@ extern "C" fn ignore_fault_signals_before_std() {
 /// the main one keeps its destructors in a list of its own (nodes from
 /// dlmalloc) and a pthread key, whose destructor glibc calls at thread exit
 /// without allocating, runs them, newest first. The main thread's go to
-/// glibc's implementation as before, so they still run at `exit`.
+/// glibc's implementation as before, so they still run at `exit`. (A static
+/// musl build has no such implementation to forward to: there the main
+/// thread's destructors are not run at exit, which ends the process anyway;
+/// other threads' are, as with glibc.)
 mod thread_exit {
     use std::cell::Cell;
     use std::ffi::{c_int, c_void};
