@@ -48,8 +48,8 @@
 //!
 //! A stream's connection is never cut, however the table reads go: besides
 //! the inodes it learnt from the table, the guard checks every trickler it
-//! finds against the peers of the open streams ([`HeadLog::stream_opened`],
-//! held by each stream until it ends). That check matters: with thousands
+//! finds against the peers of the open streams ([`HeadLog::stream_opened`]
+//! to [`HeadLog::stream_closed`]). That check matters: with thousands
 //! of connections coming and going the kernel can leave a socket out of a
 //! read now and then, and a stream's socket missing from two reads in a row
 //! was forgotten, seen again as a new connection without a head, and cut 10
@@ -110,19 +110,6 @@ pub struct HeadLog {
     streams: Mutex<HashSet<SocketAddr>>,
 }
 
-/// Marks a peer's connection as an open stream until dropped.
-#[derive(Debug)]
-pub struct OpenStream {
-    log: Arc<HeadLog>,
-    peer: SocketAddr,
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        lock(&self.log.streams).remove(&self.peer);
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain collections, each change a single insert or remove: valid
     // whatever a panicking holder did.
@@ -147,17 +134,21 @@ impl HeadLog {
             .or_insert(head);
     }
 
-    /// Notes that `peer`'s request opened a stream, and keeps its
-    /// connection out of the guard's reach until the returned mark is
-    /// dropped (when the stream ends).
-    pub fn stream_opened(self: &Arc<Self>, peer: SocketAddr) -> OpenStream {
+    /// Notes that `peer`'s request opened a stream: its connection is out
+    /// of the guard's reach until [`HeadLog::stream_closed`].
+    pub fn stream_opened(&self, peer: SocketAddr) {
         self.record(peer, true);
-        let peer = normalize(peer);
-        lock(&self.streams).insert(peer);
-        OpenStream {
-            log: Arc::clone(self),
-            peer,
-        }
+        lock(&self.streams).insert(normalize(peer));
+    }
+
+    /// Notes that `peer`'s stream ended.
+    // Out of line and cold: a stream thread calls it once, at its end, and
+    // inlined its frame (hashing, locking) would deepen the thread's stack
+    // for the stream's whole life.
+    #[inline(never)]
+    #[cold]
+    pub fn stream_closed(&self, peer: SocketAddr) {
+        lock(&self.streams).remove(&normalize(peer));
     }
 
     /// True while `peer` has an open stream.
@@ -779,14 +770,14 @@ mod tests {
     }
 
     #[test]
-    fn an_open_stream_mark_lasts_until_dropped() {
-        let log = Arc::new(HeadLog::default());
+    fn a_stream_is_open_from_opened_to_closed() {
+        let log = HeadLog::default();
         let peer = addr("10.0.0.3:1000");
         let mapped: SocketAddr = "[::ffff:10.0.0.3]:1000".parse().unwrap();
-        let mark = log.stream_opened(mapped);
+        log.stream_opened(mapped);
         assert!(log.is_stream(peer), "IPv4-mapped peers are kept as IPv4");
         assert!(log.take()[&peer].stream, "the head is recorded as a stream's");
-        drop(mark);
+        log.stream_closed(mapped);
         assert!(!log.is_stream(peer));
     }
 

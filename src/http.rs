@@ -12,7 +12,7 @@
 //! `503`.
 
 use std::io::{Cursor, Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,18 @@ use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
 use crate::server::App;
 use crate::stats::{CloseReason, StreamSlot};
-use crate::stream::{self, Source, Stream};
+use crate::stream::{Source, Stream};
+use crate::stream_log::{peer_text, ClosedStream};
+
+/// Stack size of request threads: not a stream's, so that glibc never gives
+/// a stream thread the cached stack of a finished request thread (it reuses
+/// a cached stack for a thread that asks at least a quarter of its size).
+/// A request's handler touches up to ~24 KiB of stack, and those pages would
+/// stay resident under the stream for its whole life: seen as stream threads
+/// with 12-24 KiB of stack instead of 8 (tests/it/footprint.rs). Only the
+/// touched pages cost memory; 1 MiB is also tiny_http's pool stack
+/// (`main.rs`), so the two kinds reuse each other's.
+const REQUEST_STACK: usize = 1024 * 1024;
 
 /// Plain requests answered at once at most; more get `503`.
 const MAX_REQUEST_THREADS: usize = 512;
@@ -204,7 +215,7 @@ fn on_request_thread(
         return app.overflow(request);
     };
     let thread_app = Arc::clone(app);
-    let started = spawn_waiting("request", move |request| {
+    let started = spawn_waiting("request", REQUEST_STACK, move |request| {
         let _guard = guard;
         if catch_unwind(AssertUnwindSafe(|| job(&thread_app, request))).is_err() {
             log::error!("a request handler panicked; its connection was closed");
@@ -221,19 +232,20 @@ fn on_request_thread(
     }
 }
 
-/// Starts a small-stack thread named `name` that waits for one value and
+/// Starts a thread named `name` with `stack_size` that waits for one value and
 /// runs `job` with it. The value is handed over through the returned sender
 /// only once the thread exists, so that a caller whose thread could not be
 /// started still has its request to answer `503` with. The hand-off channel
 /// is freed before `job` runs.
 fn spawn_waiting<T: Send + 'static>(
     name: &str,
+    stack_size: usize,
     job: impl FnOnce(T) + Send + 'static,
 ) -> std::io::Result<crossbeam_channel::Sender<T>> {
     let (handoff, waiting) = crossbeam_channel::bounded::<T>(1);
     std::thread::Builder::new()
         .name(name.into())
-        .stack_size(crate::SMALL_STACK)
+        .stack_size(stack_size)
         .spawn(move || {
             let value = waiting.recv();
             drop(waiting);
@@ -349,7 +361,7 @@ struct StreamRequest {
     channels: Vec<String>,
     last_id: Option<EventId>,
     http10: bool,
-    peer: String,
+    peer: Option<SocketAddr>,
 }
 
 fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
@@ -362,9 +374,11 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
             .map(|(_, v)| v.into_owned())
             .collect()
     };
-    if let Err(e) = broker::validate_subscription(&channels) {
-        return answer_error_later(app, request, e.into());
-    }
+    let label = match broker::validate_subscription(&channels) {
+        Ok(_) if demo => String::new(),
+        Ok(names) => names.join(","),
+        Err(e) => return answer_error_later(app, request, e.into()),
+    };
     let Some(slot) = app.stats.try_open_stream(app.config.max_connections) else {
         let error = ApiError::new(
             503,
@@ -376,33 +390,48 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         .with_header("Retry-After", "5");
         return answer_error_later(app, request, error);
     };
-    // The head guard leaves a stream's connection alone while the stream
-    // lasts: the mark goes with the stream's thread and ends with it.
-    let open_mark = request.remote_addr().map(|peer| app.heads.stream_opened(*peer));
+    let peer = request.remote_addr().copied();
+    if let Some(peer) = peer {
+        // The head guard leaves the connection alone until the stream ends.
+        app.heads.stream_opened(peer);
+    }
     let params = StreamRequest {
         demo,
         channels,
         last_id,
         http10: request.http_version() == &tiny_http::HTTPVersion(1, 0),
-        peer: request
-            .remote_addr()
-            .map_or_else(|| "-".to_string(), |a| a.to_string()),
+        peer,
     };
     // The thread gets the raw connection, not the request: dropping a
     // `Request` runs tiny_http's `Drop`, whose frame alone is over 8 KiB of
     // stack (its unused 500-response path), and every stack page a stream
     // thread ever touches stays resident for the stream's whole life.
     let thread_app = Arc::clone(app);
-    let started = spawn_waiting("sse-stream", move |writer: Box<dyn Write + Send>| {
-        serve_stream(&thread_app, writer, params, slot);
-        drop(open_mark);
-    });
+    let started = spawn_waiting(
+        "sse-stream",
+        crate::SMALL_STACK,
+        move |writer: Box<dyn Write + Send>| {
+            serve_stream(&thread_app, writer, params, slot);
+        },
+    );
     match started {
         Ok(handoff) => {
+            // Logged here, not on the stream's thread: formatting a log line
+            // is the deepest its stack would ever go, and every page a
+            // stream thread touches stays resident while it lasts (with
+            // musl this line alone made it two pages instead of one).
+            let path = if demo { "/" } else { "/events" };
+            log::info!(
+                "stream opened peer={} path={path} channels={label}",
+                peer_text(peer)
+            );
             let _ = handoff.send(request.into_writer());
         }
         Err(e) => {
             log::warn!("cannot start a stream thread: {e}");
+            if let Some(peer) = peer {
+                app.heads.stream_closed(peer);
+            }
             app.overflow(request);
         }
     }
@@ -413,6 +442,44 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
 /// head and runs the stream. The subscription exists before the head is
 /// sent, so an event published once the client sees the head reaches it.
 fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: StreamRequest, slot: StreamSlot) {
+    let peer = params.peer;
+    let demo = params.demo;
+    let http10 = params.http10;
+    let Some((mut source, channels)) = stream_source(app, &mut writer, params) else {
+        return;
+    };
+    let opened = Instant::now();
+    let mut stream = Stream::new(writer, Arc::clone(&app.stats));
+    let reason = catch_unwind(AssertUnwindSafe(|| {
+        stream.run(http10, &mut source, &app.stream_settings, &app.shutdown_rx)
+    }))
+    .unwrap_or_else(|_| {
+        log::error!("stream of {} panicked; closing it", peer_text(peer));
+        CloseReason::Error
+    });
+    drop(source);
+    end_stream(
+        app,
+        slot,
+        peer,
+        demo,
+        channels,
+        opened,
+        stream.events_written,
+        reason,
+    );
+}
+
+/// What a stream sends, and its channels for the log; `None` when the
+/// subscription is refused (answered here). Out of line, as
+/// [`end_stream`]: only what a stream keeps while it waits should be in
+/// the frames under its wait, every stack page it touches staying resident.
+#[inline(never)]
+fn stream_source(
+    app: &Arc<App>,
+    writer: &mut Box<dyn Write + Send>,
+    params: StreamRequest,
+) -> Option<(Source, String)> {
     let StreamRequest {
         demo,
         channels: names,
@@ -420,65 +487,79 @@ fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: Strea
         http10,
         peer,
     } = params;
-    let (source, channels) = if demo {
+    if demo {
         let source = Source::Demo {
             // The largest id has no next one: the count starts again.
             first_id: last_id.and_then(|id| id.checked_add(1)).unwrap_or(1),
             every: app.config.tick_interval,
         };
-        (source, String::new())
-    } else {
-        if let (Some(bus), Some(after)) = (&app.redis, last_id) {
-            bus.backfill(&names, after);
+        return Some((source, String::new()));
+    }
+    if let (Some(bus), Some(after)) = (&app.redis, last_id) {
+        bus.backfill(&names, after);
+    }
+    // An id past every id given out here (a client of a server whose
+    // clock was ahead, or a made-up one) would hold back every event
+    // until the ids caught up with it: such a client has missed
+    // nothing, and gets the events published from now on. (With Redis,
+    // this node may be behind the shared log: the id is taken as it is.)
+    // The newest id is read once: an event published meanwhile has a
+    // larger id and is delivered.
+    let newest = app.broker.last_id();
+    let last_id = match (&app.redis, last_id) {
+        (None, Some(id)) if id > newest => {
+            log::debug!("Last-Event-ID {id} is ahead of the newest event; taken as {newest}");
+            Some(newest)
         }
-        // An id past every id given out here (a client of a server whose
-        // clock was ahead, or a made-up one) would hold back every event
-        // until the ids caught up with it: such a client has missed
-        // nothing, and gets the events published from now on. (With Redis,
-        // this node may be behind the shared log: the id is taken as it is.)
-        // The newest id is read once: an event published meanwhile has a
-        // larger id and is delivered.
-        let newest = app.broker.last_id();
-        let last_id = match (&app.redis, last_id) {
-            (None, Some(id)) if id > newest => {
-                log::debug!("Last-Event-ID {id} is ahead of the newest event; taken as {newest}");
-                Some(newest)
-            }
-            (_, id) => id,
-        };
-        match app.broker.subscribe(&names, last_id) {
-            Ok(subscription) => {
-                let channels = subscription.channels().join(",");
-                (Source::Channels(subscription), channels)
-            }
-            Err(e) => {
-                let head = raw_error_response(&e.into(), http10, app.config.cors_origin.as_deref());
-                let _ = writer.write_all(&head).and_then(|()| writer.flush());
-                return;
-            }
-        }
+        (_, id) => id,
     };
-    let path = if demo { "/" } else { "/events" };
-    let opened = Instant::now();
-    log::info!("stream opened peer={peer} path={path} channels={channels}");
-    let mut stream = Stream::new(writer, Arc::clone(&app.stats));
-    let reason = catch_unwind(AssertUnwindSafe(|| {
-        stream.run(http10, source, &app.stream_settings, &app.shutdown_rx)
-    }))
-    .unwrap_or_else(|_| {
-        log::error!("stream of {peer} panicked; closing it");
-        CloseReason::Error
-    });
+    match app.broker.subscribe(&names, last_id) {
+        Ok(subscription) => {
+            let channels = subscription.channels().join(",");
+            Some((Source::Channels(subscription), channels))
+        }
+        Err(e) => {
+            log::info!("stream refused peer={}: {e}", peer_text(peer));
+            let head = raw_error_response(&e.into(), http10, app.config.cors_origin.as_deref());
+            let _ = writer.write_all(&head).and_then(|()| writer.flush());
+            if let Some(peer) = peer {
+                app.heads.stream_closed(peer);
+            }
+            None
+        }
+    }
+}
+
+/// A stream's last steps: its slot freed, its end counted, its
+/// connection handed back to the head guard, its line logged.
+#[inline(never)]
+#[cold]
+#[allow(clippy::too_many_arguments)]
+fn end_stream(
+    app: &App,
+    slot: StreamSlot,
+    peer: Option<SocketAddr>,
+    demo: bool,
+    channels: String,
+    opened: Instant,
+    events: u64,
+    reason: CloseReason,
+) {
     // Free the slot first, so that /metrics never shows a stream both open
     // and counted as disconnected.
     drop(slot);
     app.stats.count_disconnect(reason);
-    log::info!(
-        "stream closed peer={peer} path={path} channels={channels} duration={} events={} reason={}",
-        stream::elapsed_text(opened),
-        stream.events_written,
-        reason.as_str()
-    );
+    if let Some(peer) = peer {
+        app.heads.stream_closed(peer);
+    }
+    app.stream_log.closed(ClosedStream {
+        peer,
+        path: if demo { "/" } else { "/events" },
+        channels,
+        duration: opened.elapsed(),
+        events,
+        reason,
+    });
 }
 
 /// A whole error response written by hand, for a stream's thread, which has

@@ -27,6 +27,7 @@
 //! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
 //! - [`logger`]: log lines on stderr;
+//! - [`stream_log`]: streams' closing lines, written off their threads;
 //! - [`fault`]: fault injection for the tests (debug builds only).
 
 #![forbid(unsafe_code)]
@@ -52,11 +53,13 @@ mod resp;
 pub mod server;
 pub mod stats;
 pub mod stream;
+pub mod stream_log;
 
 pub use config::Config;
 pub use server::{Server, StartError};
 
-/// Stack size of the threads tinysse starts (streams, fan-out, requests):
+/// Stack size of the threads tinysse starts (streams, fan-out, periodic
+/// work; request threads take more, see `http`):
 /// they need little, and a stream's whole cost matters at 10,000 streams.
 pub const SMALL_STACK: usize = 128 * 1024;
 

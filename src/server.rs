@@ -20,10 +20,15 @@ use crate::listener::{self, KeepAwake};
 use crate::redis_bus::{BusError, RedisBus};
 use crate::stats::Stats;
 use crate::stream::StreamSettings;
+use crate::stream_log::StreamLog;
 
 /// How long a stop may take from signal to return, leaving the process time
 /// to exit within the spec's 2 s.
 const STOP_DEADLINE: Duration = Duration::from_millis(1700);
+
+/// How long stopping waits for the ended streams' lines to be written
+/// (`stream_log`); within the 2 s a stop may take.
+const STREAM_LOG_FLUSH: Duration = Duration::from_millis(200);
 
 /// How long start-up waits for Redis (with `--redis`) before serving anyway.
 const REDIS_START_WAIT: Duration = Duration::from_secs(2);
@@ -104,6 +109,8 @@ pub struct App {
     pub stream_settings: StreamSettings,
     /// The request heads received, for the head guard.
     pub heads: Arc<HeadLog>,
+    /// Where streams send their closing lines.
+    pub stream_log: StreamLog,
     /// Ready (disconnected) once streams must end.
     pub shutdown_rx: Receiver<()>,
     shutdown_tx: Mutex<Option<Sender<()>>>,
@@ -249,6 +256,7 @@ impl Server {
             redis,
             stats: Arc::new(Stats::default()),
             heads: Arc::new(HeadLog::default()),
+            stream_log: StreamLog::start().map_err(StartError::Thread)?,
             shutdown_rx,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             stopping: AtomicBool::new(false),
@@ -314,6 +322,8 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.head_guard.take();
+        // The ended streams' lines first.
+        self.app.stream_log.flush(STREAM_LOG_FLUSH);
         log::info!(
             "stopped in {}: {} streams ended, {} still writing",
             crate::stream::elapsed_text(started),

@@ -128,16 +128,16 @@ impl Stream {
     pub fn run(
         &mut self,
         http10: bool,
-        mut source: Source,
+        source: &mut Source,
         settings: &StreamSettings,
         shutdown_rx: &Receiver<()>,
     ) -> CloseReason {
-        match self.serve(http10, &mut source, settings, shutdown_rx) {
+        match self.serve(http10, source, settings, shutdown_rx) {
             Ok(reason) => reason,
             // A client that stops reading makes a write block until the
             // write timeout, and falls behind meanwhile: it was dropped for
             // being slow, not because it left.
-            Err(e) if matches!(&source, Source::Channels(s) if s.is_lagged()) => {
+            Err(e) if matches!(source, Source::Channels(s) if s.is_lagged()) => {
                 log::debug!("stream write failed after falling behind: {e}");
                 CloseReason::Slow
             }
@@ -284,7 +284,12 @@ mod tests {
         let (_shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
         let run = |subscription| {
             let mut stream = Stream::new(Box::new(Stalled), Arc::new(Stats::default()));
-            stream.run(false, Source::Channels(subscription), &settings, &shutdown_rx)
+            stream.run(
+                false,
+                &mut Source::Channels(subscription),
+                &settings,
+                &shutdown_rx,
+            )
         };
 
         let keeping_up = broker.subscribe(&["c".to_string()], None).unwrap();

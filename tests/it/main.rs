@@ -6,6 +6,7 @@ mod browser;
 mod channels;
 mod core;
 mod cors;
+mod footprint;
 mod hardening;
 mod logging;
 mod metrics;
