@@ -139,14 +139,12 @@ pub fn validate_publish(channel: &str, event_name: Option<&str>) -> Result<(), B
 }
 
 /// Checks the channel list of a subscription: each name valid, at most
-/// [`MAX_CHANNELS_PER_STREAM`] once duplicates are removed. Returns the
-/// channels as the subscription will have them: sorted, without
-/// duplicates, the default channel for none.
+/// [`MAX_CHANNELS_PER_STREAM`] once duplicates are removed.
 ///
 /// # Errors
 /// [`BrokerError`] naming the first problem.
-pub fn validate_subscription(channels: &[String]) -> Result<Vec<&str>, BrokerError> {
-    subscription_channels(channels)
+pub fn validate_subscription(channels: &[String]) -> Result<(), BrokerError> {
+    subscription_channels(channels).map(|_| ())
 }
 
 /// The channels of a subscription, sorted, without duplicates; none means

@@ -28,7 +28,7 @@ use crate::redis_bus::BusError;
 use crate::server::App;
 use crate::stats::{CloseReason, StreamSlot};
 use crate::stream::{Source, Stream};
-use crate::stream_log::{peer_text, ClosedStream};
+use crate::stream_log::{peer_text, ClosedStream, OpenedStream};
 
 /// Stack size of request threads: not a stream's, so that glibc never gives
 /// a stream thread the cached stack of a finished request thread (it reuses
@@ -374,11 +374,9 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
             .map(|(_, v)| v.into_owned())
             .collect()
     };
-    let label = match broker::validate_subscription(&channels) {
-        Ok(_) if demo => String::new(),
-        Ok(names) => names.join(","),
-        Err(e) => return answer_error_later(app, request, e.into()),
-    };
+    if let Err(e) = broker::validate_subscription(&channels) {
+        return answer_error_later(app, request, e.into());
+    }
     let Some(slot) = app.stats.try_open_stream(app.config.max_connections) else {
         let error = ApiError::new(
             503,
@@ -416,15 +414,6 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     );
     match started {
         Ok(handoff) => {
-            // Logged here, not on the stream's thread: formatting a log line
-            // is the deepest its stack would ever go, and every page a
-            // stream thread touches stays resident while it lasts (with
-            // musl this line alone made it two pages instead of one).
-            let path = if demo { "/" } else { "/events" };
-            log::info!(
-                "stream opened peer={} path={path} channels={label}",
-                peer_text(peer)
-            );
             let _ = handoff.send(request.into_writer());
         }
         Err(e) => {
@@ -449,6 +438,7 @@ fn serve_stream(app: &Arc<App>, mut writer: Box<dyn Write + Send>, params: Strea
         return;
     };
     let opened = Instant::now();
+    log_opened(app, peer, demo, &channels);
     let mut stream = Stream::new(writer, Arc::clone(&app.stats));
     let reason = catch_unwind(AssertUnwindSafe(|| {
         stream.run(http10, &mut source, &app.stream_settings, &app.shutdown_rx)
@@ -528,6 +518,17 @@ fn stream_source(
             None
         }
     }
+}
+
+/// Hands a stream's opening line to the stream log. Out of line, so that
+/// the line's parts are not in the frames under the stream's wait.
+#[inline(never)]
+fn log_opened(app: &App, peer: Option<SocketAddr>, demo: bool, channels: &str) {
+    app.stream_log.opened(OpenedStream {
+        peer,
+        path: if demo { "/" } else { "/events" },
+        channels: channels.to_string(),
+    });
 }
 
 /// A stream's last steps: its slot freed, its end counted, its

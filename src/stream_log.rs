@@ -1,13 +1,17 @@
-//! The "stream closed" log lines, written by a thread of their own.
+//! Streams' "opened" and "closed" log lines, written by a thread of their
+//! own.
 //!
 //! Formatting a log line is the deepest a stream thread's stack would ever
-//! go, kilobytes below the frames it waits in. At a stream's end that did
-//! not matter for the stream itself, but glibc hands a finished thread's
-//! stack, touched pages and all, to the next thread that asks for that
-//! size: wherever streams come and go, the page the closing line touched
-//! stayed resident under the next stream for its whole life, 4 KiB more per
-//! stream (tests/it/footprint.rs). So a stream thread only hands the line's
-//! parts over, a shallow send, and this thread formats and writes it.
+//! go, kilobytes below the frames it waits in, and every page a stream
+//! thread touches stays resident while it lives: with musl the opening line
+//! made a parked stream thread's stack two pages instead of one. At a
+//! stream's end the closing line did the same, and glibc hands a finished
+//! thread's stack, touched pages and all, to the next thread that asks for
+//! that size: 4 KiB more per stream wherever streams come and go
+//! (tests/it/footprint.rs). So a stream thread hands the lines' parts over,
+//! a shallow send, and this thread formats and writes them. The queue is
+//! bounded: if the log cannot keep up (stderr blocked), a stream writes its
+//! line itself, as before, rather than the queue growing without end.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -53,7 +57,34 @@ pub fn peer_text(peer: Option<SocketAddr>) -> String {
     peer.map_or_else(|| "-".to_string(), |a| a.to_string())
 }
 
+/// What the line about an opened stream says.
+#[derive(Debug, Clone)]
+pub struct OpenedStream {
+    /// The client, when known.
+    pub peer: Option<SocketAddr>,
+    /// `/` (the demo) or `/events`.
+    pub path: &'static str,
+    /// The stream's channels, comma-separated.
+    pub channels: String,
+}
+
+impl OpenedStream {
+    /// The log line, without the level and time.
+    pub fn line(&self) -> String {
+        format!(
+            "stream opened peer={} path={} channels={}",
+            peer_text(self.peer),
+            self.path,
+            self.channels
+        )
+    }
+}
+
+/// Lines waiting at most; past that a stream writes its own.
+const QUEUE: usize = 4096;
+
 enum Message {
+    Opened(OpenedStream),
     Closed(ClosedStream),
     /// Answered once every line sent before it is written.
     Flush(Sender<()>),
@@ -68,6 +99,7 @@ pub struct StreamLog {
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Message::Opened(opened) => f.debug_tuple("Opened").field(opened).finish(),
             Message::Closed(closed) => f.debug_tuple("Closed").field(closed).finish(),
             Message::Flush(_) => f.write_str("Flush"),
         }
@@ -80,7 +112,7 @@ impl StreamLog {
     /// # Errors
     /// When the thread cannot be started.
     pub fn start() -> std::io::Result<StreamLog> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         std::thread::Builder::new()
             .name("stream-log".into())
             .stack_size(crate::SMALL_STACK)
@@ -88,14 +120,21 @@ impl StreamLog {
         Ok(StreamLog { tx })
     }
 
+    /// Logs (on the log's thread) that a stream opened.
+    pub fn opened(&self, opened: OpenedStream) {
+        self.send(Message::Opened(opened));
+    }
+
     /// Logs (on the log's thread) that a stream closed.
     pub fn closed(&self, closed: ClosedStream) {
-        if let Err(unsent) = self.tx.send(Message::Closed(closed)) {
-            // The thread is gone (it never ends before its sender): better
-            // a deep stack than a lost line.
-            if let Message::Closed(closed) = unsent.into_inner() {
-                log::info!("{}", closed.line());
-            }
+        self.send(Message::Closed(closed));
+    }
+
+    fn send(&self, message: Message) {
+        if let Err(e) = self.tx.try_send(message) {
+            // Full (the log is stuck) or gone: better a deep stack than a
+            // lost line or a queue without end.
+            write_line(e.into_inner());
         }
     }
 
@@ -108,11 +147,16 @@ impl StreamLog {
 
 fn write_lines(rx: &Receiver<Message>) {
     for message in rx {
-        match message {
-            Message::Closed(closed) => log::info!("{}", closed.line()),
-            Message::Flush(done) => {
-                let _ = done.send(());
-            }
+        write_line(message);
+    }
+}
+
+fn write_line(message: Message) {
+    match message {
+        Message::Opened(opened) => log::info!("{}", opened.line()),
+        Message::Closed(closed) => log::info!("{}", closed.line()),
+        Message::Flush(done) => {
+            let _ = done.send(());
         }
     }
 }
@@ -137,6 +181,12 @@ mod tests {
         );
         let unknown = ClosedStream { peer: None, ..closed };
         assert!(unknown.line().starts_with("stream closed peer=- "));
+        let opened = OpenedStream {
+            peer: Some("[::1]:4000".parse().unwrap()),
+            path: "/",
+            channels: String::new(),
+        };
+        assert_eq!(opened.line(), "stream opened peer=[::1]:4000 path=/ channels=");
     }
 
     #[test]
