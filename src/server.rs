@@ -17,6 +17,7 @@ use crate::broker::{Broker, BrokerConfig};
 use crate::config::Config;
 use crate::head_guard::{HeadGuard, HeadLog};
 use crate::listener::{self, KeepAwake};
+use crate::periodic::Periodic;
 use crate::redis_bus::{BusError, RedisBus};
 use crate::stats::Stats;
 use crate::stream::StreamSettings;
@@ -192,6 +193,14 @@ pub struct Server {
     dispatcher: Option<JoinHandle<()>>,
     keep_awake: Option<KeepAwake>,
     head_guard: Option<HeadGuard>,
+    _ping_clock: Periodic,
+}
+
+/// How often the ping clock looks for streams whose ping is due: a thirtieth
+/// of the ping interval (0.5 s for the default 15 s), so that a ping comes at
+/// most that late, but not more often than every 10 ms.
+fn ping_clock_period(ping_interval: Duration) -> Duration {
+    (ping_interval / 30).clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
 
 impl Server {
@@ -263,6 +272,13 @@ impl Server {
             requests_in_flight: AtomicUsize::new(0),
             overflow_tx,
         });
+        let period = ping_clock_period(app.config.ping_interval);
+        let clock_broker = Arc::clone(&app.broker);
+        let ping_clock = Periodic::start("ping-clock", period, move || {
+            clock_broker.wake_due_pings(Instant::now());
+            period
+        })
+        .map_err(StartError::Thread)?;
         let head_guard = HeadGuard::start(addr.port(), Arc::clone(&app.heads)).map_err(StartError::Thread)?;
         let keep_awake = KeepAwake::start(listener::connect_address(addr)).map_err(StartError::Thread)?;
         let dispatch_app = Arc::clone(&app);
@@ -276,6 +292,7 @@ impl Server {
             dispatcher: Some(dispatcher),
             keep_awake: Some(keep_awake),
             head_guard: Some(head_guard),
+            _ping_clock: ping_clock,
         })
     }
 

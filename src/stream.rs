@@ -188,7 +188,11 @@ impl Stream {
             // `Broker::close`), not through `shutdown_rx`, which every stream
             // would otherwise register with on each wait.
             Source::Channels(subscription) => {
+                // Pings are due on a schedule of their own, events or not;
+                // the broker's ping clock wakes the thread for them (a wait
+                // with a timeout would arm a kernel timer per event).
                 let mut next_ping = Instant::now() + settings.ping_interval;
+                subscription.ping_at(next_ping);
                 subscription
                     .channels()
                     .iter()
@@ -206,10 +210,12 @@ impl Stream {
                     if closing {
                         return Ok(CloseReason::Shutdown);
                     }
-                    if !subscription.wait(next_ping) {
+                    if Instant::now() >= next_ping {
                         self.send_ping()?;
                         next_ping = Instant::now() + settings.ping_interval;
+                        subscription.ping_at(next_ping);
                     }
+                    subscription.wait_for_wake();
                 }
             }
         }
