@@ -452,7 +452,7 @@ impl Broker {
             channels: joined,
             names: names.iter().map(|n| n.to_string()).collect(),
             cursor: last_event_id.unwrap_or(now),
-            replaying: last_event_id.is_some(),
+            replay_until: if last_event_id.is_some() { now } else { NO_REPLAY },
         })
     }
 
@@ -635,8 +635,15 @@ pub struct Subscription {
     channels: Vec<Arc<Channel>>,
     names: Vec<String>,
     cursor: EventId,
-    replaying: bool,
+    /// Until the first drain of a subscription with a `Last-Event-ID`: the
+    /// newest id committed when it subscribed. The replay keeps the newest
+    /// `history` events of each channel up to that id, whatever is published
+    /// before the drain; [`NO_REPLAY`] otherwise.
+    replay_until: EventId,
 }
+
+/// [`Subscription`]'s `replay_until` when there is no replay (left).
+const NO_REPLAY: EventId = EventId::MAX;
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -730,13 +737,18 @@ impl Subscription {
         let start = out.len();
         for channel in &self.channels {
             let ring = read(&channel.ring);
-            if !self.replaying && ring.evicted_through > self.cursor {
+            let replaying = self.replay_until != NO_REPLAY;
+            if !replaying && ring.evicted_through > self.cursor {
                 self.me.dropped.store(true, Ordering::Release);
                 return Err(Lagged);
             }
             let mut from = ring.events.partition_point(|e| e.id <= self.cursor);
-            if self.replaying {
-                from = from.max(ring.events.len().saturating_sub(history));
+            if replaying {
+                // The window is the newest `history` events when it
+                // subscribed: an event published since does not push the
+                // oldest of them out.
+                let at_subscribe = ring.events.partition_point(|e| e.id <= self.replay_until);
+                from = from.max(at_subscribe.saturating_sub(history));
             }
             out.extend(ring.events.range(from..).take_while(|e| e.id <= upto).cloned());
         }
@@ -744,7 +756,7 @@ impl Subscription {
             out[start..].sort_unstable_by_key(|e| e.id);
         }
         self.cursor = upto;
-        self.replaying = false;
+        self.replay_until = NO_REPLAY;
         Ok(())
     }
 }
@@ -894,6 +906,21 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_replay_keeps_its_window_when_an_event_comes_before_the_first_drain() {
+        let b = broker(3, 10, 10);
+        let ids: Vec<EventId> = (0..6)
+            .map(|i| b.publish("h", None, &i.to_string()).unwrap().id)
+            .collect();
+        let mut sub = b.subscribe(&names(&["h"]), Some(ids[0])).unwrap();
+        let late = b.publish("h", None, "late").unwrap().id;
+        assert_eq!(
+            drain_ids(&mut sub),
+            vec![ids[3], ids[4], ids[5], late],
+            "the 3 newest when it subscribed, then what came after"
+        );
     }
 
     #[test]
