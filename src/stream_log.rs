@@ -144,11 +144,13 @@ impl StreamLog {
 
     /// Waits up to `timeout` until every line sent so far is written.
     pub fn flush(&self, timeout: Duration) -> bool {
+        // One deadline for both steps: a stop must end within its 2 s.
+        let deadline = std::time::Instant::now() + timeout;
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         self.tx
-            .send_timeout(Box::new(Message::Flush(done_tx)), timeout)
+            .send_deadline(Box::new(Message::Flush(done_tx)), deadline)
             .is_ok()
-            && done_rx.recv_timeout(timeout).is_ok()
+            && done_rx.recv_deadline(deadline).is_ok()
     }
 }
 
