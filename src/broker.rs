@@ -463,10 +463,16 @@ impl Broker {
     /// use, so that a waiting stream watches nothing else.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();
+        let channels = self.channels_now();
         for channel in channels {
             channel.wake_members();
         }
+    }
+
+    /// The channels held now, taken out of the registry's lock, so that
+    /// what is done with each does not hold up publishers.
+    fn channels_now(&self) -> Vec<Arc<Channel>> {
+        lock(&self.registry).channels.values().cloned().collect()
     }
 
     /// Wakes every subscriber whose ping is due at `now`
@@ -477,7 +483,7 @@ impl Broker {
     /// of CPU per delivery, BENCHMARKS.md fifth round).
     pub fn wake_due_pings(&self, now: Instant) {
         let now_ms = self.millis_since_epoch(now, false);
-        let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();
+        let channels = self.channels_now();
         for channel in channels {
             for subscriber in lock(&channel.members).iter() {
                 if subscriber.ping_at_ms.load(Ordering::Acquire) <= now_ms {
@@ -518,7 +524,7 @@ impl Broker {
     /// `history` at most (a ring may hold more, to cover `queue_size`).
     pub fn history_size(&self) -> usize {
         let history = self.config.history;
-        let channels: Vec<Arc<Channel>> = lock(&self.registry).channels.values().cloned().collect();
+        let channels = self.channels_now();
         channels
             .iter()
             .map(|c| read(&c.ring).events.len().min(history))

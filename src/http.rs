@@ -520,13 +520,22 @@ fn stream_source(
     }
 }
 
+/// The path a stream was asked for, as its log lines show it.
+fn stream_path(demo: bool) -> &'static str {
+    if demo {
+        "/"
+    } else {
+        "/events"
+    }
+}
+
 /// Hands a stream's opening line to the stream log. Out of line, so that
 /// the line's parts are not in the frames under the stream's wait.
 #[inline(never)]
 fn log_opened(app: &App, peer: Option<SocketAddr>, demo: bool, channels: &str) {
     app.stream_log.opened(OpenedStream {
         peer,
-        path: if demo { "/" } else { "/events" },
+        path: stream_path(demo),
         channels: channels.to_string(),
     });
 }
@@ -555,7 +564,7 @@ fn end_stream(
     }
     app.stream_log.closed(ClosedStream {
         peer,
-        path: if demo { "/" } else { "/events" },
+        path: stream_path(demo),
         channels,
         duration: opened.elapsed(),
         events,

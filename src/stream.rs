@@ -239,7 +239,12 @@ impl Stream {
 
 /// How long ago `since` was, for logs: `12.345s`.
 pub fn elapsed_text(since: Instant) -> String {
-    format!("{:.3}s", since.elapsed().as_secs_f64())
+    duration_text(since.elapsed())
+}
+
+/// A duration as log lines show it: seconds with milliseconds, `1.500s`.
+pub fn duration_text(duration: Duration) -> String {
+    format!("{:.3}s", duration.as_secs_f64())
 }
 
 #[cfg(test)]

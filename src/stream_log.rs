@@ -45,11 +45,11 @@ impl ClosedStream {
     /// The log line, without the level and time.
     pub fn line(&self) -> String {
         format!(
-            "stream closed peer={} path={} channels={} duration={:.3}s events={} reason={}",
+            "stream closed peer={} path={} channels={} duration={} events={} reason={}",
             peer_text(self.peer),
             self.path,
             self.channels,
-            self.duration.as_secs_f64(),
+            crate::stream::duration_text(self.duration),
             self.events,
             self.reason.as_str()
         )
