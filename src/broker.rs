@@ -231,6 +231,9 @@ struct Registry {
 /// waited behind those copies and drains: p50 152 us, p99 1.8 ms at 5,000
 /// subscribers.
 struct Channel {
+    /// The registry's key, shared: a subscription names its channels
+    /// through them instead of copies of the names.
+    name: Arc<str>,
     ring: RwLock<Ring>,
     members: Mutex<Vec<Arc<Subscriber>>>,
     /// `members.len()`, readable without the lock.
@@ -450,7 +453,6 @@ impl Broker {
             broker: Arc::clone(self),
             me,
             channels: joined,
-            names: names.iter().map(|n| n.to_string()).collect(),
             cursor: last_event_id.unwrap_or(now),
             replay_until: if last_event_id.is_some() { now } else { NO_REPLAY },
         })
@@ -569,7 +571,9 @@ impl Registry {
                 None => return Err(BrokerError::TooManyChannels(max)),
             }
         }
+        let name: Arc<str> = Arc::from(name);
         let channel = Arc::new(Channel {
+            name: Arc::clone(&name),
             ring: RwLock::new(Ring {
                 events: VecDeque::new(),
                 evicted_through: 0,
@@ -578,7 +582,7 @@ impl Registry {
             member_count: AtomicUsize::new(0),
             last_used: AtomicU64::new(now),
         });
-        self.channels.insert(Arc::from(name), Arc::clone(&channel));
+        self.channels.insert(name, Arc::clone(&channel));
         Ok(channel)
     }
 
@@ -639,7 +643,6 @@ pub struct Subscription {
     broker: Arc<Broker>,
     me: Arc<Subscriber>,
     channels: Vec<Arc<Channel>>,
-    names: Vec<String>,
     cursor: EventId,
     /// Until the first drain of a subscription with a `Last-Event-ID`: the
     /// newest id committed when it subscribed. The replay keeps the newest
@@ -654,7 +657,7 @@ const NO_REPLAY: EventId = EventId::MAX;
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
-            .field("channels", &self.names)
+            .field("channels", &self.names().collect::<Vec<_>>())
             .field("cursor", &self.cursor)
             .finish_non_exhaustive()
     }
@@ -709,8 +712,8 @@ impl Subscription {
     }
 
     /// The channel names, sorted, without duplicates.
-    pub fn channels(&self) -> &[String] {
-        &self.names
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.channels.iter().map(|c| &*c.name)
     }
 
     /// The id of the last event taken.

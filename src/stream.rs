@@ -37,6 +37,16 @@ pub enum Source {
     Channels(Subscription),
 }
 
+impl Source {
+    /// Its channels as log lines show them: `a,b` (empty for the demo).
+    pub fn channels_label(&self) -> String {
+        match self {
+            Source::Demo { .. } => String::new(),
+            Source::Channels(subscription) => subscription.names().collect::<Vec<_>>().join(","),
+        }
+    }
+}
+
 /// Settings shared by every stream.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -193,10 +203,7 @@ impl Stream {
                 // with a timeout would arm a kernel timer per event).
                 let mut next_ping = Instant::now() + settings.ping_interval;
                 subscription.ping_at(next_ping);
-                subscription
-                    .channels()
-                    .iter()
-                    .for_each(|c| crate::fault::panic_if_requested(c));
+                subscription.names().for_each(crate::fault::panic_if_requested);
                 loop {
                     // Closed before the drain: the drain then has every event
                     // accepted before the stop.
