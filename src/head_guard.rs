@@ -14,7 +14,9 @@
 //!    non-zero, noting when it first saw each inode.
 //! 2. The dispatcher records the peer address of every request it receives
 //!    ([`HeadLog::record`]); the guard matches it to the socket with that
-//!    peer. A socket that carried a stream is never touched again.
+//!    peer. A socket whose peer has an open stream ([`HeadLog::stream_opened`]
+//!    to [`HeadLog::stream_closed`]) is passed over: it is never cut, and
+//!    costs the guard nothing but its entry in that set of peers.
 //! 3. A socket seen for more than [`HEAD_DEADLINE`] without a request head
 //!    (or, kept alive and not a stream, more than [`NEXT_HEAD_DEADLINE`]
 //!    since its last head) is a trickler: the guard finds its
@@ -27,7 +29,7 @@
 //! the network namespace (listening, TIME_WAIT, both ends of loopback
 //! connections, other programs' sockets too), handed over 4 KiB per
 //! `read`; the guard parses each line and does a hash-map lookup per
-//! server socket, into buffers reused from cycle to cycle. Measured on the
+//! server socket, through a line buffer reused from cycle to cycle. Measured on the
 //! 2-core development box: 12,000 lines (1.8 MB) took 60 ms to read, 22,000
 //! lines (5,000 loopback connections on top) 200 ms, so about 5-9 µs per
 //! line, nearly all of it in the kernel. At 10,000 remote clients that is
@@ -39,21 +41,23 @@
 //! hand-built binary messages.) No per-descriptor system call is made
 //! unless there is a trickler: then one pass over `/proc/self/fd` (a
 //! `readlink` per open descriptor, ~20,000 at 10,000 streams, some
-//! milliseconds) for all the cycle's tricklers together.
+//! milliseconds) for all the cycle's tricklers together. Each line goes
+//! straight into the bookkeeping as it is read: the table is never held,
+//! not even as a list of the server's sockets (40 bytes each, which a
+//! reused list would keep in the RSS for good).
 //!
 //! The socket table is read in page-sized pieces, and the kernel may skip a
 //! socket that moves while it is being read: a socket is forgotten only when
 //! it is missing from two reads in a row, and a recorded head waits
 //! [`HEAD_GRACE_READS`] reads for its socket to show up.
 //!
-//! A stream's connection is never cut, however the table reads go: besides
-//! the inodes it learnt from the table, the guard checks every trickler it
-//! finds against the peers of the open streams ([`HeadLog::stream_opened`]
-//! to [`HeadLog::stream_closed`]). That check matters: with thousands
-//! of connections coming and going the kernel can leave a socket out of a
-//! read now and then, and a stream's socket missing from two reads in a row
-//! was forgotten, seen again as a new connection without a head, and cut 10
-//! s later (seen once in a 19,000-stream benchmark: 38 events missed).
+//! A stream's connection is never cut, however the table reads go: it is
+//! told by its peer, not by what earlier reads learnt of its inode. (With
+//! thousands of connections coming and going the kernel can leave a socket
+//! out of a read now and then; when streams were exempted by inode, a
+//! stream's socket missing from two reads in a row was forgotten, seen
+//! again as a new connection without a head, and cut 10 s later: seen once
+//! in a 19,000-stream benchmark, 38 events missed.)
 //!
 //! Limits: a peer that reconnects from the same address and port within a
 //! few seconds of a request may inherit that request's head; a stream's
@@ -91,21 +95,13 @@ pub const CPU_SHARE: u32 = 20;
 /// TCP_ESTABLISHED in `/proc/net/tcp`'s `st` column.
 const ESTABLISHED: u8 = 0x01;
 
-/// One request head the dispatcher received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Head {
-    /// When it was received.
-    pub at: Instant,
-    /// True when it opened a stream.
-    pub stream: bool,
-}
-
-/// The peers whose request heads arrived since the guard last looked,
-/// shared between the dispatcher (which writes) and the guard (which
-/// drains it every cycle).
+/// The peers whose request heads arrived since the guard last looked (and
+/// when the last one did), shared between the dispatcher (which writes) and
+/// the guard (which drains it every cycle); and the peers of the open
+/// streams.
 #[derive(Debug, Default)]
 pub struct HeadLog {
-    heads: Mutex<HashMap<SocketAddr, Head>>,
+    heads: Mutex<HashMap<SocketAddr, Instant>>,
     /// Peers of the open streams.
     streams: Mutex<HashSet<SocketAddr>>,
 }
@@ -117,27 +113,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl HeadLog {
-    /// Notes that `peer` delivered a request head (`stream`: one that opens
-    /// a stream).
-    pub fn record(&self, peer: SocketAddr, stream: bool) {
-        let head = Head {
-            at: Instant::now(),
-            stream,
-        };
-        let mut heads = lock(&self.heads);
-        heads
-            .entry(normalize(peer))
-            .and_modify(|h| {
-                h.at = head.at;
-                h.stream |= stream;
-            })
-            .or_insert(head);
+    /// Notes that `peer` delivered a request head.
+    pub fn record(&self, peer: SocketAddr) {
+        lock(&self.heads).insert(normalize(peer), Instant::now());
     }
 
     /// Notes that `peer`'s request opened a stream: its connection is out
     /// of the guard's reach until [`HeadLog::stream_closed`].
     pub fn stream_opened(&self, peer: SocketAddr) {
-        self.record(peer, true);
         lock(&self.streams).insert(normalize(peer));
     }
 
@@ -156,7 +139,7 @@ impl HeadLog {
         lock(&self.streams).contains(&peer)
     }
 
-    fn take(&self) -> HashMap<SocketAddr, Head> {
+    fn take(&self) -> HashMap<SocketAddr, Instant> {
         std::mem::take(&mut *lock(&self.heads))
     }
 }
@@ -182,7 +165,7 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Appends to `out` the ESTABLISHED sockets of `table` (the text of
+/// Calls `each` with the ESTABLISHED sockets of `table` (the text of
 /// `/proc/net/tcp` or `/proc/net/tcp6`) whose local port is `port` and
 /// whose inode is not 0. Lines that do not parse are skipped.
 ///
@@ -197,7 +180,7 @@ pub fn parse_table(
     mut table: impl BufRead,
     port: u16,
     line: &mut String,
-    out: &mut Vec<Seen>,
+    mut each: impl FnMut(Seen),
 ) -> io::Result<()> {
     // The first line is the column header.
     line.clear();
@@ -208,7 +191,7 @@ pub fn parse_table(
             return Ok(());
         }
         if let Some(seen) = parse_line(line.trim_end(), port) {
-            out.push(seen);
+            each(seen);
         }
     }
 }
@@ -267,67 +250,75 @@ struct Tracked {
 }
 
 /// The guard's bookkeeping, without sockets: which connections it has seen
-/// since when, and which of them delivered a head.
+/// since when, and which of them delivered a head. Fed one read of the
+/// table at a time: [`Tracker::begin_read`], [`Tracker::observe`] for each
+/// socket listed, [`Tracker::end_read`].
 #[derive(Debug, Default)]
 pub struct Tracker {
     sockets: HashMap<u64, Tracked>,
-    /// Sockets never to report: they carried a stream, or are not among
-    /// this process's descriptors (another program's socket on the same
-    /// port). Only the read that last saw each, so that each of thousands
-    /// of open streams costs 16 bytes here, not a whole [`Tracked`].
+    /// Sockets never to report: not among this process's descriptors
+    /// (another program's socket on the same port), so that
+    /// `/proc/self/fd` is not searched for them every cycle. Only the read
+    /// that last saw each.
     exempt: HashMap<u64, u64>,
-    /// Heads whose socket was not seen yet, and the read that first
-    /// looked for it.
-    unmatched: HashMap<SocketAddr, (Head, u64)>,
+    /// Heads whose socket was not seen yet (when the last arrived), and the
+    /// read that first looked for it.
+    unmatched: HashMap<SocketAddr, (Instant, u64)>,
     scan: u64,
 }
 
 impl Tracker {
-    /// Takes in one read of the socket table (`seen`, at `now`) and the
-    /// heads received since the last one; returns the tricklers: sockets in
-    /// `seen` that never carried a stream and have gone without a head for
-    /// more than [`HEAD_DEADLINE`] since first seen (or more than
-    /// [`NEXT_HEAD_DEADLINE`] since their last head). A socket whose peer
-    /// has an open stream (`is_stream`) is never one: it is exempted again.
-    pub fn update(
+    /// Starts taking in a read of the socket table.
+    pub fn begin_read(&mut self) {
+        self.scan += 1;
+    }
+
+    /// Takes in one socket of the read begun last, seen at `now`. A socket
+    /// whose peer has an open stream (`is_stream`) is passed over.
+    pub fn observe(&mut self, now: Instant, seen: Seen, is_stream: impl Fn(SocketAddr) -> bool) {
+        let scan = self.scan;
+        if let Some(last_scan) = self.exempt.get_mut(&seen.inode) {
+            *last_scan = scan;
+            return;
+        }
+        if is_stream(seen.peer) {
+            self.sockets.remove(&seen.inode);
+            return;
+        }
+        let fresh = Tracked {
+            peer: seen.peer,
+            first_seen: now,
+            last_scan: scan,
+            last_head: None,
+        };
+        let tracked = self.sockets.entry(seen.inode).or_insert(fresh);
+        if tracked.peer != seen.peer {
+            *tracked = fresh;
+        }
+        tracked.last_scan = scan;
+    }
+
+    /// Ends the read begun last, with the heads received since the one
+    /// before; returns the tricklers: sockets of this read that have gone
+    /// without a head for more than [`HEAD_DEADLINE`] since first seen (or
+    /// more than [`NEXT_HEAD_DEADLINE`] since their last head). A socket
+    /// whose peer has an open stream by now (`is_stream`) is never one.
+    pub fn end_read(
         &mut self,
         now: Instant,
-        seen: &[Seen],
-        heads: HashMap<SocketAddr, Head>,
+        heads: HashMap<SocketAddr, Instant>,
         is_stream: impl Fn(SocketAddr) -> bool,
     ) -> Vec<Seen> {
-        self.scan += 1;
         let scan = self.scan;
-        for s in seen {
-            if let Some(last_scan) = self.exempt.get_mut(&s.inode) {
-                *last_scan = scan;
-                continue;
-            }
-            let fresh = Tracked {
-                peer: s.peer,
-                first_seen: now,
-                last_scan: scan,
-                last_head: None,
-            };
-            let tracked = self.sockets.entry(s.inode).or_insert(fresh);
-            if tracked.peer != s.peer {
-                *tracked = fresh;
-            }
-            tracked.last_scan = scan;
-        }
         // Missing from this read and the one before: closed.
         self.sockets.retain(|_, t| t.last_scan + 1 >= scan);
         self.exempt.retain(|_, last_scan| *last_scan + 1 >= scan);
-        for (peer, head) in heads {
+        for (peer, at) in heads {
             self.unmatched
                 .entry(peer)
-                .and_modify(|(h, _)| {
-                    h.at = h.at.max(head.at);
-                    h.stream |= head.stream;
-                })
-                .or_insert((head, scan));
+                .and_modify(|(last, _)| *last = (*last).max(at))
+                .or_insert((at, scan));
         }
-        let mut streams = Vec::new();
         if !self.unmatched.is_empty() {
             let by_peer: HashMap<SocketAddr, u64> = self
                 .sockets
@@ -337,21 +328,15 @@ impl Tracker {
                 .collect();
             let sockets = &mut self.sockets;
             self.unmatched
-                .retain(|peer, (head, since)| match by_peer.get(peer) {
+                .retain(|peer, (at, since)| match by_peer.get(peer) {
                     Some(inode) => {
                         if let Some(t) = sockets.get_mut(inode) {
-                            t.last_head = Some(t.last_head.map_or(head.at, |at| at.max(head.at)));
-                        }
-                        if head.stream {
-                            streams.push(*inode);
+                            t.last_head = Some(t.last_head.map_or(*at, |last| last.max(*at)));
                         }
                         false
                     }
                     None => scan - *since + 1 < HEAD_GRACE_READS,
                 });
-        }
-        for inode in streams {
-            self.exempt(inode);
         }
         let overdue: Vec<Seen> = self
             .sockets
@@ -371,19 +356,18 @@ impl Tracker {
         let (streams, tricklers): (Vec<Seen>, Vec<Seen>) =
             overdue.into_iter().partition(|s| is_stream(s.peer));
         for stream in streams {
-            self.exempt(stream.inode);
+            self.forget(stream.inode);
         }
         tricklers
     }
 
-    /// Forgets a socket that was shut down.
+    /// Forgets a socket: it was shut down, or it carries a stream.
     fn forget(&mut self, inode: u64) {
         self.sockets.remove(&inode);
     }
 
-    /// Stops reporting a socket for good: it carried a stream, or its
-    /// descriptor is not this process's (so that `/proc/self/fd` is not
-    /// searched for it every cycle). Only its last read is kept.
+    /// Stops reporting a socket for good: its descriptor is not this
+    /// process's. Only its last read is kept.
     fn exempt(&mut self, inode: u64) {
         if let Some(t) = self.sockets.remove(&inode) {
             self.exempt.insert(inode, t.last_scan);
@@ -419,7 +403,6 @@ impl HeadGuard {
             log,
             tracker: Tracker::default(),
             line: String::new(),
-            seen: Vec::new(),
             warned: false,
             pause: PERIOD,
         };
@@ -434,7 +417,6 @@ struct Cycle {
     log: Arc<HeadLog>,
     tracker: Tracker,
     line: String,
-    seen: Vec<Seen>,
     warned: bool,
     pause: Duration,
 }
@@ -443,14 +425,26 @@ impl Cycle {
     /// One read of the socket table, closing the tricklers it finds; returns
     /// the pause before the next.
     fn run(&mut self) -> Duration {
-        self.seen.clear();
         let now = Instant::now();
         let mut read_any = false;
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             // Opened and closed within the cycle: one descriptor at most.
-            if read_table(table, self.port, &mut self.line, &mut self.seen).is_ok() {
+            let Ok(file) = std::fs::File::open(table) else {
+                continue;
+            };
+            if !read_any {
+                self.tracker.begin_read();
                 read_any = true;
             }
+            let (tracker, log) = (&mut self.tracker, &self.log);
+            // A read cut short keeps what it listed: a socket it missed is
+            // forgotten only when the next read misses it too.
+            let _ = parse_table(
+                io::BufReader::with_capacity(TABLE_READ_BUFFER, file),
+                self.port,
+                &mut self.line,
+                |seen| tracker.observe(now, seen, |peer| log.is_stream(peer)),
+            );
         }
         if !read_any {
             if !self.warned {
@@ -463,9 +457,7 @@ impl Cycle {
             return self.pause;
         }
         let log = &self.log;
-        let tricklers = self
-            .tracker
-            .update(now, &self.seen, log.take(), |peer| log.is_stream(peer));
+        let tricklers = self.tracker.end_read(now, log.take(), |peer| log.is_stream(peer));
         self.pause = PERIOD.max(now.elapsed() * CPU_SHARE);
         if !tricklers.is_empty() {
             let closed = shut_down(&tricklers, self.port);
@@ -491,16 +483,6 @@ impl Cycle {
 /// Bytes asked of the kernel per `read` of the socket table: it hands over
 /// a page's worth of whole lines at a time anyway.
 const TABLE_READ_BUFFER: usize = 8 * 1024;
-
-fn read_table(path: &str, port: u16, line: &mut String, out: &mut Vec<Seen>) -> io::Result<()> {
-    let file = std::fs::File::open(path)?;
-    parse_table(
-        io::BufReader::with_capacity(TABLE_READ_BUFFER, file),
-        port,
-        line,
-        out,
-    )
-}
 
 /// Shuts down the descriptors of `tricklers`; returns those it shut down.
 /// One pass over `/proc/self/fd` for all of them. Each descriptor is checked
@@ -591,7 +573,24 @@ mod tests {
     /// Parses through a 16-byte buffer, so that lines straddle reads.
     fn parse_text(table: &str, port: u16, out: &mut Vec<Seen>) {
         let reader = io::BufReader::with_capacity(16, table.as_bytes());
-        parse_table(reader, port, &mut String::new(), out).unwrap();
+        parse_table(reader, port, &mut String::new(), |seen| out.push(seen)).unwrap();
+    }
+
+    impl Tracker {
+        /// One whole read: `seen` at `now`, then the heads.
+        fn update(
+            &mut self,
+            now: Instant,
+            seen: &[Seen],
+            heads: HashMap<SocketAddr, Instant>,
+            is_stream: impl Fn(SocketAddr) -> bool,
+        ) -> Vec<Seen> {
+            self.begin_read();
+            for s in seen {
+                self.observe(now, *s, &is_stream);
+            }
+            self.end_read(now, heads, is_stream)
+        }
     }
 
     fn addr(text: &str) -> SocketAddr {
@@ -659,8 +658,8 @@ mod tests {
         assert!(seen.is_empty(), "{seen:?}");
     }
 
-    fn head(at: Instant, stream: bool) -> HashMap<SocketAddr, Head> {
-        HashMap::from([(addr("10.0.0.2:1000"), Head { at, stream })])
+    fn head(at: Instant) -> HashMap<SocketAddr, Instant> {
+        HashMap::from([(addr("10.0.0.2:1000"), at)])
     }
 
     #[test]
@@ -675,98 +674,107 @@ mod tests {
             inode: 2,
             peer: addr("10.0.0.2:1000"),
         };
+        let open = |peer: SocketAddr| peer == streamer.peer;
         let mut tracker = Tracker::default();
         // Both seen; only the streamer delivers a head (recorded before its
-        // socket is first seen: it waits, unmatched, for the socket).
+        // socket is first seen) and opens a stream.
+        assert!(tracker.update(at(0), &[], head(at(0)), open).is_empty());
         assert!(tracker
-            .update(at(0), &[], head(at(0), true), |_| false)
+            .update(at(2), &[trickler, streamer], HashMap::new(), open)
             .is_empty());
-        assert!(tracker
-            .update(at(2), &[trickler, streamer], HashMap::new(), |_| false)
-            .is_empty());
-        // The streamer is kept as an exempt inode only, not a full entry.
-        assert_eq!((tracker.sockets.len(), tracker.exempt.len()), (1, 1));
+        // The streamer is passed over: no entry at all.
+        assert_eq!((tracker.sockets.len(), tracker.exempt.len()), (1, 0));
         assert!(
             tracker
-                .update(at(12), &[trickler, streamer], HashMap::new(), |_| false)
+                .update(at(12), &[trickler, streamer], HashMap::new(), open)
                 .is_empty(),
             "10 s exactly is not over the deadline"
         );
         assert_eq!(
-            tracker.update(at(13), &[trickler, streamer], HashMap::new(), |_| false),
+            tracker.update(at(13), &[trickler, streamer], HashMap::new(), open),
             vec![trickler],
             "over 10 s since first seen, no head: a trickler; a stream is never one"
         );
         assert_eq!(
-            tracker.update(at(60), &[trickler, streamer], HashMap::new(), |_| false),
+            tracker.update(at(60), &[trickler, streamer], HashMap::new(), open),
             vec![trickler]
         );
         // Forgotten only after missing from two reads in a row.
         assert!(tracker
-            .update(at(62), &[streamer], HashMap::new(), |_| false)
-            .is_empty());
-        assert_eq!(tracker.len(), 2);
-        assert!(tracker
-            .update(at(64), &[streamer], HashMap::new(), |_| false)
+            .update(at(62), &[streamer], HashMap::new(), open)
             .is_empty());
         assert_eq!(tracker.len(), 1);
+        assert!(tracker
+            .update(at(64), &[streamer], HashMap::new(), open)
+            .is_empty());
+        assert!(tracker.is_empty());
         // The same inode back later is a new socket, timed from then.
         assert!(tracker
-            .update(at(66), &[trickler, streamer], HashMap::new(), |_| false)
+            .update(at(66), &[trickler, streamer], HashMap::new(), open)
             .is_empty());
         assert!(tracker
-            .update(at(76), &[trickler], HashMap::new(), |_| false)
+            .update(at(76), &[trickler], HashMap::new(), open)
             .is_empty());
         assert_eq!(
-            tracker.update(at(77), &[trickler], HashMap::new(), |_| false),
+            tracker.update(at(77), &[trickler], HashMap::new(), open),
             vec![trickler]
         );
         // Not found among our descriptors: not reported again.
         tracker.exempt(trickler.inode);
         assert!(tracker
-            .update(at(79), &[trickler], HashMap::new(), |_| false)
+            .update(at(79), &[trickler], HashMap::new(), open)
             .is_empty());
+        assert_eq!((tracker.sockets.len(), tracker.exempt.len()), (0, 1));
     }
 
     #[test]
-    fn a_stream_lost_from_the_table_and_seen_again_is_not_cut() {
+    fn a_stream_is_never_cut_whatever_the_reads_missed() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let streamer = Seen {
             inode: 5,
             peer: addr("10.0.0.2:1000"),
         };
+        // Its socket is seen, then left out of two reads in a row (the
+        // kernel skips sockets that move while the table is read), then
+        // seen again for over 10 s, and no head ever matched to it.
+        let reads = |open: &dyn Fn(SocketAddr) -> bool| {
+            let mut tracker = Tracker::default();
+            let mut reported = Vec::new();
+            reported.extend(tracker.update(at(0), &[streamer], HashMap::new(), open));
+            reported.extend(tracker.update(at(2), &[], HashMap::new(), open));
+            reported.extend(tracker.update(at(4), &[], HashMap::new(), open));
+            for s in [6, 8, 10, 12, 14, 16, 18] {
+                reported.extend(tracker.update(at(s), &[streamer], HashMap::new(), open));
+            }
+            (reported, tracker.len())
+        };
         let open = |peer: SocketAddr| peer == streamer.peer;
-        let mut tracker = Tracker::default();
-        assert!(tracker
-            .update(at(0), &[streamer], head(at(0), true), open)
-            .is_empty());
-        assert_eq!(tracker.exempt.len(), 1);
-        // Left out of two reads in a row (the kernel skips sockets that move
-        // while the table is read): forgotten, then seen again as new.
-        tracker.update(at(2), &[], HashMap::new(), open);
-        tracker.update(at(4), &[], HashMap::new(), open);
-        assert!(tracker.is_empty());
-        assert!(tracker
-            .update(at(6), &[streamer], HashMap::new(), open)
-            .is_empty());
-        // Over 10 s without a head as far as the table goes, but its peer
-        // has an open stream: exempted again, never reported.
-        assert!(tracker
-            .update(at(17), &[streamer], HashMap::new(), open)
-            .is_empty());
-        assert_eq!((tracker.sockets.len(), tracker.exempt.len()), (0, 1));
-        // Without the open stream the same history makes it a trickler.
-        let mut tracker = Tracker::default();
-        let none = |_: SocketAddr| false;
-        tracker.update(at(0), &[streamer], head(at(0), true), none);
-        tracker.update(at(2), &[], HashMap::new(), none);
-        tracker.update(at(4), &[], HashMap::new(), none);
-        tracker.update(at(6), &[streamer], HashMap::new(), none);
         assert_eq!(
-            tracker.update(at(17), &[streamer], HashMap::new(), none),
-            vec![streamer]
+            reads(&open),
+            (vec![], 0),
+            "an open stream: never reported, not even followed"
         );
+        // Without the open stream the same history makes it a trickler,
+        // timed from when it was seen again (6 s).
+        assert_eq!(reads(&|_| false), (vec![streamer], 1));
+    }
+
+    #[test]
+    fn a_stream_that_opens_once_overdue_is_not_cut() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let late = Seen {
+            inode: 6,
+            peer: addr("10.0.0.2:1000"),
+        };
+        let mut tracker = Tracker::default();
+        tracker.update(at(0), &[late], HashMap::new(), |_| false);
+        // Overdue in this read, but its stream is open by the end of it.
+        tracker.begin_read();
+        tracker.observe(at(11), late, |_| false);
+        assert!(tracker.end_read(at(11), HashMap::new(), |_| true).is_empty());
+        assert!(tracker.is_empty(), "forgotten, not exempted by inode");
     }
 
     #[test]
@@ -776,9 +784,17 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:10.0.0.3]:1000".parse().unwrap();
         log.stream_opened(mapped);
         assert!(log.is_stream(peer), "IPv4-mapped peers are kept as IPv4");
-        assert!(log.take()[&peer].stream, "the head is recorded as a stream's");
         log.stream_closed(mapped);
         assert!(!log.is_stream(peer));
+    }
+
+    #[test]
+    fn heads_are_kept_by_peer_and_taken_once() {
+        let log = HeadLog::default();
+        log.record("[::ffff:10.0.0.4]:9".parse().unwrap());
+        let first = log.take();
+        assert_eq!(first.keys().collect::<Vec<_>>(), vec![&addr("10.0.0.4:9")]);
+        assert!(log.take().is_empty(), "taken once");
     }
 
     #[test]
@@ -793,9 +809,7 @@ mod tests {
         assert!(tracker
             .update(at(0), &[plain], HashMap::new(), |_| false)
             .is_empty());
-        assert!(tracker
-            .update(at(9), &[plain], head(at(8), false), |_| false)
-            .is_empty());
+        assert!(tracker.update(at(9), &[plain], head(at(8)), |_| false).is_empty());
         assert!(tracker
             .update(at(38), &[plain], HashMap::new(), |_| false)
             .is_empty());
@@ -803,13 +817,11 @@ mod tests {
             tracker.update(at(39), &[plain], HashMap::new(), |_| false),
             vec![plain]
         );
-        // A stream head later makes it a stream for good.
-        assert!(tracker
-            .update(at(40), &[plain], head(at(40), true), |_| false)
-            .is_empty());
-        assert!(tracker
-            .update(at(99), &[plain], head(at(41), false), |_| false)
-            .is_empty());
+        // A stream opened on it later: passed over for as long as it is open.
+        let open = |peer: SocketAddr| peer == plain.peer;
+        assert!(tracker.update(at(40), &[plain], head(at(40)), open).is_empty());
+        assert!(tracker.update(at(99), &[plain], HashMap::new(), open).is_empty());
+        assert!(tracker.is_empty());
     }
 
     #[test]
@@ -817,7 +829,7 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut tracker = Tracker::default();
-        tracker.update(at(0), &[], head(at(0), true), |_| false);
+        tracker.update(at(0), &[], head(at(0)), |_| false);
         tracker.update(at(2), &[], HashMap::new(), |_| false);
         assert_eq!(tracker.unmatched.len(), 1, "looked for in 3 reads");
         tracker.update(at(4), &[], HashMap::new(), |_| false);

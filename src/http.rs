@@ -175,7 +175,7 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
 fn handle(app: &Arc<App>, request: Request) {
     // For the head guard: this connection delivered a head.
     if let Some(peer) = request.remote_addr() {
-        app.heads.record(*peer, false);
+        app.heads.record(*peer);
     }
     let head_size: usize = request
         .headers()
