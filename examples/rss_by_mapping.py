@@ -4,10 +4,14 @@
     target/release/tinysse --port 8120 --max-connections 20000 --tick-interval 0 &
     python3 examples/rss_by_mapping.py --port 8120 --pid $! --streams 3000
 
-Opens STREAMS streams on loopback (200 at a time, `--pause` seconds apart),
-waits `--settle` seconds for tiny_http's reader threads to leave, and prints
+Opens STREAMS streams on loopback (200 at a time, `--pause` seconds apart,
+or `--rate` per second on a fixed schedule, as `examples/bench.sh` does with
+`--connect-rate`), waits `--settle` seconds for tiny_http's reader threads
+to leave, and prints
 the RSS of `/proc/PID/smaps` before and after, grouped: 128 KiB stream
-stacks, 1 MiB tiny_http pool stacks, glibc's malloc arenas (64 MiB-aligned
+stacks (132 KiB with musl, whose thread descriptor and TLS are mapped with
+the stack; a stack the kernel merged with a neighbouring heap segment
+counts as heap), 1 MiB tiny_http pool stacks, glibc's malloc arenas (64 MiB-aligned
 heaps), dlmalloc's segments (other anonymous read-write mappings), and each
 file. A dlmalloc segment of exactly 128 KiB is counted as a stack. Standard
 library only; the streams are closed when it exits.
@@ -48,7 +52,7 @@ def rss_by_kind(pid):
             kind = m["name"].rsplit("/", 1)[-1]
         elif m["perm"] != "rw-p":
             kind = "other"
-        elif m["kib"] == 128:
+        elif m["kib"] in (128, 132):
             kind = "stream stacks (128 KiB)"
         elif m["kib"] == 1024:
             kind = "tiny_http pool stacks (1 MiB)"
@@ -66,18 +70,27 @@ def main():
     parser.add_argument("--pid", type=int, required=True)
     parser.add_argument("--streams", type=int, default=3000)
     parser.add_argument("--pause", type=float, default=0.5)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="connections per second on a fixed schedule (0: bursts of 200)")
     parser.add_argument("--settle", type=float, default=9.0)
     args = parser.parse_args()
 
     before_total, before = rss_kib(args.pid), rss_by_kind(args.pid)
     request = b"GET /events?channel=rss HTTP/1.1\r\nHost: localhost\r\n\r\n"
     streams = []
+    start = time.monotonic()
     for n in range(args.streams):
         stream = socket.create_connection(("127.0.0.1", args.port), timeout=10)
         stream.sendall(request)
         streams.append(stream)
-        if n % 200 == 199:
+        if args.rate > 0:
+            ahead = start + (n + 1) / args.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        elif n % 200 == 199:
             time.sleep(args.pause)
+    for stream in streams:
+        stream.recv(4096)  # the response head: the stream is open
     time.sleep(args.settle)
     after_total, after = rss_kib(args.pid), rss_by_kind(args.pid)
 

@@ -155,7 +155,7 @@ pub struct Seen {
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it maps, so that a
 /// dual-stack socket and tiny_http agree on a peer.
-fn normalize(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn normalize(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
@@ -484,12 +484,29 @@ impl Cycle {
 /// a page's worth of whole lines at a time anyway.
 const TABLE_READ_BUFFER: usize = 8 * 1024;
 
+/// The peer (IPv4-mapped addresses as IPv4) and the local port of the TCP
+/// socket behind descriptor `fd`; `None` for anything else.
+pub(crate) fn socket_endpoints(fd: i32) -> Option<(SocketAddr, u16)> {
+    use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
+    let address = |a: SockaddrStorage| -> Option<SocketAddr> {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some(SocketAddr::new(IpAddr::V4(v4.ip()), v4.port()))
+        } else {
+            a.as_sockaddr_in6()
+                .map(|v6| normalize(SocketAddr::new(IpAddr::V6(v6.ip()), v6.port())))
+        }
+    };
+    let peer = getpeername::<SockaddrStorage>(fd).ok().and_then(address)?;
+    let local = getsockname::<SockaddrStorage>(fd).ok().and_then(address)?;
+    Some((peer, local.port()))
+}
+
 /// Shuts down the descriptors of `tricklers`; returns those it shut down.
 /// One pass over `/proc/self/fd` for all of them. Each descriptor is checked
 /// with `getpeername` and `getsockname` just before, so that a descriptor
 /// closed and reused since the `readlink` is never cut.
 fn shut_down(tricklers: &[Seen], port: u16) -> Vec<Seen> {
-    use nix::sys::socket::{self, Shutdown, SockaddrStorage};
+    use nix::sys::socket::{self, Shutdown};
     let mut wanted: HashMap<u64, SocketAddr> = tricklers.iter().map(|t| (t.inode, t.peer)).collect();
     let mut closed = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
@@ -516,23 +533,7 @@ fn shut_down(tricklers: &[Seen], port: u16) -> Vec<Seen> {
         let Some(&peer) = wanted.get(&inode) else {
             continue;
         };
-        let address = |a: SockaddrStorage| -> Option<SocketAddr> {
-            if let Some(v4) = a.as_sockaddr_in() {
-                Some(SocketAddr::new(IpAddr::V4(v4.ip()), v4.port()))
-            } else {
-                a.as_sockaddr_in6()
-                    .map(|v6| normalize(SocketAddr::new(IpAddr::V6(v6.ip()), v6.port())))
-            }
-        };
-        let same_peer = socket::getpeername::<SockaddrStorage>(fd)
-            .ok()
-            .and_then(address)
-            .is_some_and(|a| a == peer);
-        let same_port = socket::getsockname::<SockaddrStorage>(fd)
-            .ok()
-            .and_then(address)
-            .is_some_and(|a| a.port() == port);
-        if !(same_peer && same_port) {
+        if socket_endpoints(fd) != Some((peer, port)) {
             continue;
         }
         // One shutdown acts on the socket, whatever descriptor (tiny_http

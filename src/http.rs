@@ -397,8 +397,10 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     };
     let peer = request.remote_addr().copied();
     if let Some(peer) = peer {
-        // The head guard leaves the connection alone until the stream ends.
+        // The head guard leaves the connection alone until the stream ends;
+        // tiny_http's reader of it is let go at once.
         app.heads.stream_opened(peer);
+        app.fresh_streams.push(peer);
     }
     let params = StreamRequest {
         demo,

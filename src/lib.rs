@@ -22,8 +22,9 @@
 //! - [`publish`]: publish bodies;
 //! - [`metrics`] and [`stats`]: counters and their exposition;
 //! - [`listener`]: the listening socket's options;
-//! - [`periodic`]: background threads that work in rounds (keep-awake, head guard);
+//! - [`periodic`]: background threads that work in rounds (keep-awake, head guard, reader release);
 //! - [`head_guard`]: closing connections that trickle their request head;
+//! - [`reader_release`]: ending tiny_http's reader of a stream's connection at once;
 //! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
 //! - [`logger`]: log lines on stderr;
@@ -45,6 +46,7 @@ pub mod logger;
 pub mod metrics;
 pub mod periodic;
 pub mod publish;
+pub mod reader_release;
 pub mod redis_bus;
 mod redis_reader;
 mod redis_reply;

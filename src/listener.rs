@@ -9,7 +9,8 @@
 //! - a short read timeout ([`IDLE_READ_TIMEOUT`]): tiny_http's pool thread,
 //!   which after a GET waits for a next request on the same connection, gives
 //!   up and closes its read half, so an open stream costs one thread and one
-//!   descriptor; an unfinished request head is dropped after the same time;
+//!   descriptor (a stream's reader is let go sooner, see `reader_release`);
+//!   an unfinished request head is dropped after the same time;
 //! - the write timeout (`--write-timeout`): a write to a client that stopped
 //!   reading fails after that long, ending its stream;
 //! - `TCP_NODELAY`: each event leaves at once instead of waiting for an ACK;

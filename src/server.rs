@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::head_guard::{HeadGuard, HeadLog};
 use crate::listener::{self, KeepAwake};
 use crate::periodic::Periodic;
+use crate::reader_release::{FreshStreams, ReaderRelease};
 use crate::redis_bus::{BusError, RedisBus};
 use crate::stats::Stats;
 use crate::stream::StreamSettings;
@@ -110,6 +111,8 @@ pub struct App {
     pub stream_settings: StreamSettings,
     /// The request heads received, for the head guard.
     pub heads: Arc<HeadLog>,
+    /// The peers of new streams, whose readers are to be let go.
+    pub fresh_streams: Arc<FreshStreams>,
     /// Where streams send their closing lines.
     pub stream_log: StreamLog,
     /// Ready (disconnected) once streams must end.
@@ -193,6 +196,7 @@ pub struct Server {
     dispatcher: Option<JoinHandle<()>>,
     keep_awake: Option<KeepAwake>,
     head_guard: Option<HeadGuard>,
+    _reader_release: ReaderRelease,
     _ping_clock: Periodic,
 }
 
@@ -265,6 +269,7 @@ impl Server {
             redis,
             stats: Arc::new(Stats::default()),
             heads: Arc::new(HeadLog::default()),
+            fresh_streams: Arc::new(FreshStreams::default()),
             stream_log: StreamLog::start().map_err(StartError::Thread)?,
             shutdown_rx,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
@@ -280,6 +285,8 @@ impl Server {
         })
         .map_err(StartError::Thread)?;
         let head_guard = HeadGuard::start(addr.port(), Arc::clone(&app.heads)).map_err(StartError::Thread)?;
+        let reader_release =
+            ReaderRelease::start(addr.port(), Arc::clone(&app.fresh_streams)).map_err(StartError::Thread)?;
         let keep_awake = KeepAwake::start(listener::connect_address(addr)).map_err(StartError::Thread)?;
         let dispatch_app = Arc::clone(&app);
         let dispatcher = std::thread::Builder::new()
@@ -292,6 +299,7 @@ impl Server {
             dispatcher: Some(dispatcher),
             keep_awake: Some(keep_awake),
             head_guard: Some(head_guard),
+            _reader_release: reader_release,
             _ping_clock: ping_clock,
         })
     }

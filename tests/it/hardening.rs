@@ -591,3 +591,35 @@ fn max_connections_leaves_descriptors_for_a_503_past_the_limit() {
         server.logs()
     );
 }
+
+#[test]
+fn a_stream_connection_is_down_to_one_descriptor_before_the_read_timeout() {
+    // tiny_http reads a connection through a second descriptor and, after
+    // a request, waits on it for the next one until the read timeout (2 s).
+    // A stream's connection has no next request: its reader is let go as
+    // soon as the reader-release thread finds it (a pass every 250 ms).
+    let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "1m"]);
+    let opened = Instant::now();
+    let client = SseClient::connect(server.addr, "/events?channel=lean", &[]);
+    assert_eq!(client.status(), 200, "{}", client.head);
+    let peer = client.local_addr();
+    let one = wait_until(Duration::from_millis(1500), || {
+        server.descriptors_of_connection(peer) == 1
+    });
+    assert!(
+        one,
+        "{} descriptors {:?} after the stream opened (the read timeout would take 2 s)",
+        server.descriptors_of_connection(peer),
+        opened.elapsed()
+    );
+    // The stream goes on: it gets what is published.
+    let id = publish(server.addr, "lean", "still here");
+    let mut client = client;
+    let events = client.events(1, Duration::from_secs(10));
+    assert_eq!(
+        events.first().map(|e| e.id_number()),
+        Some(id),
+        "{}",
+        server.logs()
+    );
+}

@@ -145,6 +145,41 @@ impl TestServer {
         names
     }
 
+    /// How many of its descriptors are its end of the connection from
+    /// `client` (`/proc/net/tcp` for the socket's inode, `/proc/<pid>/fd`
+    /// for the descriptors that link to it): 0 once it is closed.
+    pub fn descriptors_of_connection(&self, client: SocketAddr) -> usize {
+        let mut inode = None;
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(file) = std::fs::File::open(table) else {
+                continue;
+            };
+            let _ = tinysse::head_guard::parse_table(
+                std::io::BufReader::new(file),
+                self.addr.port(),
+                &mut String::new(),
+                |seen| {
+                    if seen.peer == client {
+                        inode = Some(seen.inode);
+                    }
+                },
+            );
+        }
+        let Some(inode) = inode else {
+            return 0;
+        };
+        let link = format!("socket:[{inode}]");
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|fds| {
+                fds.flatten()
+                    .filter(|fd| {
+                        std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == link.as_str())
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Its open file descriptors, from `/proc/<pid>/fd`.
     pub fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -498,6 +533,11 @@ pub struct SseClient {
 }
 
 impl SseClient {
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
     /// Sends `GET path` with `headers` (HTTP/1.1) and reads the head.
     pub fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
         Self::connect_version(addr, path, headers, "HTTP/1.1")
