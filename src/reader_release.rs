@@ -48,6 +48,11 @@ pub const GIVE_UP: Duration = Duration::from_millis(1500);
 /// A pass that took `t` is followed by a pause of at least `CPU_SHARE * t`.
 pub const CPU_SHARE: u32 = 20;
 
+/// Peers noted between two passes at most: more than the streams a server
+/// can hold. Past it (the thread gone, say) peers are not noted, and their
+/// readers leave at the read timeout, as they did before this module.
+pub const MAX_FRESH: usize = 20_000;
+
 /// The peers of the streams opened since the last pass, written by the
 /// dispatcher.
 #[derive(Debug, Default)]
@@ -56,9 +61,13 @@ pub struct FreshStreams {
 }
 
 impl FreshStreams {
-    /// Notes that a stream was opened for `peer`.
+    /// Notes that a stream was opened for `peer` (unless [`MAX_FRESH`]
+    /// peers wait already).
     pub fn push(&self, peer: SocketAddr) {
-        self.lock().push(normalize(peer));
+        let mut peers = self.lock();
+        if peers.len() < MAX_FRESH {
+            peers.push(normalize(peer));
+        }
     }
 
     fn take(&self) -> Vec<SocketAddr> {
@@ -222,6 +231,16 @@ mod tests {
         client.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"data: x\n\n");
         drop(other);
+    }
+
+    #[test]
+    fn the_list_of_fresh_peers_is_bounded() {
+        let fresh = FreshStreams::default();
+        for port in 0..=u16::MAX {
+            fresh.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        assert_eq!(fresh.take().len(), MAX_FRESH);
+        assert!(fresh.take().is_empty());
     }
 
     #[test]
