@@ -397,10 +397,8 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     };
     let peer = request.remote_addr().copied();
     if let Some(peer) = peer {
-        // The head guard leaves the connection alone until the stream ends;
-        // tiny_http's reader of it is let go at once.
+        // The head guard leaves the connection alone until the stream ends.
         app.heads.stream_opened(peer);
-        app.fresh_streams.push(peer);
     }
     let params = StreamRequest {
         demo,
@@ -422,6 +420,10 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     });
     match started {
         Ok(handoff) => {
+            if let Some(peer) = peer {
+                // tiny_http's reader of the connection is let go at once.
+                app.fresh_streams.push(peer);
+            }
             let _ = handoff.send(StreamStart {
                 writer: request.into_writer(),
                 params,
