@@ -28,9 +28,9 @@
 //! Cost of a cycle: the kernel formats one 150-byte line per TCP socket of
 //! the network namespace (listening, TIME_WAIT, both ends of loopback
 //! connections, other programs' sockets too), handed over 4 KiB per
-//! `read`; the guard parses each line and does a hash-map lookup per
-//! server socket, through a line buffer reused from cycle to cycle. Measured on the
-//! 2-core development box: 12,000 lines (1.8 MB) took 60 ms to read, 22,000
+//! `read`; the guard parses each line (into a line buffer reused from
+//! cycle to cycle) and does a hash-map lookup per server socket. Measured
+//! on the 2-core development box: 12,000 lines (1.8 MB) took 60 ms to read, 22,000
 //! lines (5,000 loopback connections on top) 200 ms, so about 5-9 µs per
 //! line, nearly all of it in the kernel. At 10,000 remote clients that is
 //! ~60-90 ms every 2 s, 3-5 % of one core. Past that the pause between
