@@ -53,6 +53,7 @@ mod redis_reply;
 mod redis_url;
 mod resp;
 pub mod server;
+mod sock_diag;
 pub mod stats;
 pub mod stream;
 pub mod stream_log;
