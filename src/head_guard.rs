@@ -445,6 +445,11 @@ impl Cycle {
                 tracker.observe(now, seen, |peer| log.is_stream(peer))
             }) {
                 Ok(()) => read_any = true,
+                Err(e) if crate::sock_diag::is_transient(&e) => {
+                    log::debug!(
+                        "socket diagnostics through netlink failed ({e}); reading /proc/net/tcp this time"
+                    );
+                }
                 Err(e) => {
                     log::debug!(
                         "socket diagnostics through netlink failed ({e}); reading /proc/net/tcp from now on"
@@ -453,8 +458,9 @@ impl Cycle {
                 }
             }
         }
+        let listed_by_netlink = read_any;
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            if read_any && self.netlink {
+            if listed_by_netlink {
                 break;
             }
             // Opened and closed within the cycle: one descriptor at most.

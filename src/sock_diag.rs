@@ -81,6 +81,24 @@ pub fn established(port: u16, mut each: impl FnMut(Seen)) -> io::Result<()> {
     Ok(())
 }
 
+/// True for a failure that may not happen again (no descriptor or buffer
+/// left, no reply in time, a signal): netlink is worth trying next time.
+/// Other failures (no such protocol, not allowed) last.
+pub fn is_transient(error: &io::Error) -> bool {
+    use nix::errno::Errno;
+    let transient = [
+        Errno::EMFILE,
+        Errno::ENFILE,
+        Errno::ENOMEM,
+        Errno::ENOBUFS,
+        Errno::EAGAIN,
+        Errno::EINTR,
+    ];
+    error
+        .raw_os_error()
+        .is_some_and(|code| transient.iter().any(|e| *e as i32 == code))
+}
+
 /// A dump request for the ESTABLISHED TCP sockets of `family`.
 fn request(family: u8, seq: u32) -> Vec<u8> {
     let length = NLMSG_HEADER + 56;
@@ -194,6 +212,16 @@ mod tests {
         assert_eq!(seen, listed, "the same sockets, peers and inodes");
         assert_eq!(seen.len(), 1, "the server's end only, not the client's");
         assert_eq!(seen[0].peer, client.local_addr().unwrap());
+    }
+
+    #[test]
+    fn only_passing_failures_are_worth_a_retry() {
+        let os = io::Error::from_raw_os_error;
+        assert!(is_transient(&os(nix::libc::EMFILE)));
+        assert!(is_transient(&os(nix::libc::EAGAIN)), "no reply in time");
+        assert!(!is_transient(&os(nix::libc::EPROTONOSUPPORT)));
+        assert!(!is_transient(&os(nix::libc::EACCES)));
+        assert!(!is_transient(&io::Error::other("sock_diag: truncated message")));
     }
 
     #[test]
