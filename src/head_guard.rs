@@ -270,12 +270,19 @@ pub struct Tracker {
     /// read that first looked for it.
     unmatched: HashMap<SocketAddr, (Instant, u64)>,
     scan: u64,
+    /// A read was begun and not ended yet.
+    reading: bool,
 }
 
 impl Tracker {
-    /// Starts taking in a read of the socket table.
+    /// Starts taking in a read of the socket table. A read begun and not
+    /// ended (no listing could be had: netlink failed, then no table could
+    /// be opened) is the one the next call goes on with.
     pub fn begin_read(&mut self) {
-        self.scan += 1;
+        if !self.reading {
+            self.scan += 1;
+            self.reading = true;
+        }
     }
 
     /// Takes in one socket of the read begun last, seen at `now`. A socket
@@ -314,6 +321,7 @@ impl Tracker {
         heads: HashMap<SocketAddr, Instant>,
         is_stream: impl Fn(SocketAddr) -> bool,
     ) -> Vec<Seen> {
+        self.reading = false;
         let scan = self.scan;
         // Missing from this read and the one before: closed.
         self.sockets.retain(|_, t| t.last_scan + 1 >= scan);
@@ -435,53 +443,7 @@ impl Cycle {
     /// the pause before the next.
     fn run(&mut self) -> Duration {
         let now = Instant::now();
-        let mut begun = false;
-        let mut read_any = false;
-        if self.netlink {
-            self.tracker.begin_read();
-            begun = true;
-            let (tracker, log) = (&mut self.tracker, &self.log);
-            match crate::sock_diag::established(self.port, |seen| {
-                tracker.observe(now, seen, |peer| log.is_stream(peer))
-            }) {
-                Ok(()) => read_any = true,
-                Err(e) if crate::sock_diag::is_transient(&e) => {
-                    log::debug!(
-                        "socket diagnostics through netlink failed ({e}); reading /proc/net/tcp this time"
-                    );
-                }
-                Err(e) => {
-                    log::debug!(
-                        "socket diagnostics through netlink failed ({e}); reading /proc/net/tcp from now on"
-                    );
-                    self.netlink = false;
-                }
-            }
-        }
-        let listed_by_netlink = read_any;
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            if listed_by_netlink {
-                break;
-            }
-            // Opened and closed within the cycle: one descriptor at most.
-            let Ok(file) = std::fs::File::open(table) else {
-                continue;
-            };
-            if !begun {
-                self.tracker.begin_read();
-                begun = true;
-            }
-            read_any = true;
-            let (tracker, log) = (&mut self.tracker, &self.log);
-            // A read cut short keeps what it listed: a socket it missed is
-            // forgotten only when the next read misses it too.
-            let _ = parse_table(
-                io::BufReader::with_capacity(TABLE_READ_BUFFER, file),
-                self.port,
-                &mut self.line,
-                |seen| tracker.observe(now, seen, |peer| log.is_stream(peer)),
-            );
-        }
+        let read_any = (self.netlink && self.list_through_netlink(now)) || self.list_from_tables(now);
         if !read_any {
             if !self.warned {
                 log::warn!(
@@ -513,6 +475,58 @@ impl Cycle {
             }
         }
         self.pause
+    }
+}
+
+impl Cycle {
+    /// Lists the server's sockets into the tracker through netlink; false
+    /// when that failed (the tables are read instead), and for good unless
+    /// the failure may pass.
+    fn list_through_netlink(&mut self, now: Instant) -> bool {
+        self.tracker.begin_read();
+        let (tracker, log) = (&mut self.tracker, &self.log);
+        match crate::sock_diag::established(self.port, |seen| {
+            tracker.observe(now, seen, |peer| log.is_stream(peer))
+        }) {
+            Ok(()) => true,
+            Err(e) if crate::sock_diag::is_transient(&e) => {
+                log::debug!(
+                    "socket diagnostics through netlink failed ({e}); reading /proc/net/tcp this time"
+                );
+                false
+            }
+            Err(e) => {
+                log::debug!(
+                    "socket diagnostics through netlink failed ({e}); reading /proc/net/tcp from now on"
+                );
+                self.netlink = false;
+                false
+            }
+        }
+    }
+
+    /// Reads `/proc/net/tcp` and `/proc/net/tcp6` into the tracker; false
+    /// when neither could be opened.
+    fn list_from_tables(&mut self, now: Instant) -> bool {
+        let mut read_any = false;
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            // Opened and closed within the cycle: one descriptor at most.
+            let Ok(file) = std::fs::File::open(table) else {
+                continue;
+            };
+            self.tracker.begin_read();
+            read_any = true;
+            let (tracker, log) = (&mut self.tracker, &self.log);
+            // A read cut short keeps what it listed: a socket it missed is
+            // forgotten only when the next read misses it too.
+            let _ = parse_table(
+                io::BufReader::with_capacity(TABLE_READ_BUFFER, file),
+                self.port,
+                &mut self.line,
+                |seen| tracker.observe(now, seen, |peer| log.is_stream(peer)),
+            );
+        }
+        read_any
     }
 }
 
@@ -812,6 +826,24 @@ mod tests {
         tracker.observe(at(11), late, |_| false);
         assert!(tracker.end_read(at(11), HashMap::new(), |_| true).is_empty());
         assert!(tracker.is_empty(), "forgotten, not exempted by inode");
+    }
+
+    #[test]
+    fn a_read_that_listed_nothing_is_not_counted_as_a_read() {
+        let t0 = Instant::now();
+        let plain = Seen {
+            inode: 7,
+            peer: addr("10.0.0.5:1000"),
+        };
+        let mut tracker = Tracker::default();
+        tracker.update(t0, &[plain], HashMap::new(), |_| false);
+        // A cycle that could list nothing: begun (netlink tried), not ended.
+        tracker.begin_read();
+        // Missing from the next read only: still followed.
+        tracker.update(t0, &[], HashMap::new(), |_| false);
+        assert_eq!(tracker.len(), 1);
+        tracker.update(t0, &[], HashMap::new(), |_| false);
+        assert!(tracker.is_empty(), "missing from two reads: forgotten");
     }
 
     #[test]
