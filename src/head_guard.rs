@@ -534,6 +534,17 @@ impl Cycle {
 /// a page's worth of whole lines at a time anyway.
 const TABLE_READ_BUFFER: usize = 8 * 1024;
 
+/// The numbers of this process's open descriptors, as `/proc/self/fd`
+/// lists them; none when it cannot be read.
+pub(crate) fn open_descriptors() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// The peer (IPv4-mapped addresses as IPv4) and the local port of the TCP
 /// socket behind descriptor `fd`; `None` for anything else.
 pub(crate) fn socket_endpoints(fd: i32) -> Option<(SocketAddr, u16)> {
@@ -559,17 +570,11 @@ fn shut_down(tricklers: &[Seen], port: u16) -> Vec<Seen> {
     use nix::sys::socket::{self, Shutdown};
     let mut wanted: HashMap<u64, SocketAddr> = tricklers.iter().map(|t| (t.inode, t.peer)).collect();
     let mut closed = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return closed;
-    };
-    for entry in dir.flatten() {
+    for fd in open_descriptors() {
         if wanted.is_empty() {
             break;
         }
-        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(target) = std::fs::read_link(entry.path()) else {
+        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
             continue;
         };
         let Some(inode) = target

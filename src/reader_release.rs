@@ -35,7 +35,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::head_guard::{normalize, socket_endpoints};
+use crate::head_guard::{normalize, open_descriptors, socket_endpoints};
 use crate::periodic::Periodic;
 
 /// How often the peers of new streams are looked for.
@@ -144,14 +144,8 @@ impl Passes {
 
     fn release_found(&mut self) {
         use nix::sys::socket::{shutdown, Shutdown};
-        let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-            return;
-        };
-        let mut fds: Vec<i32> = dir
-            .flatten()
-            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-            .filter(|fd| *fd > 2)
-            .collect();
+        let mut fds = open_descriptors();
+        fds.retain(|fd| *fd > 2);
         fds.sort_unstable_by(|a, b| b.cmp(a));
         for fd in fds {
             if self.wanted.is_empty() {
