@@ -492,11 +492,13 @@ fn a_node_away_while_the_feed_was_trimmed_catches_up_from_the_channel() {
     // The newest missed event is still in the feed. The first one, Redis
     // most likely sent to A's pending `XREAD BLOCK` before the kill, and A
     // reads it once awake: then 3 remain to catch up, else (A was stopped
-    // before it sent that `XREAD`) 4.
-    let logs = a.logs();
+    // before it sent that `XREAD`) 4. The line is logged once the events
+    // are handed to the streams, so it may come just after they arrive.
+    let caught_up = |logs: &str| logs.contains("caught up 3 events") || logs.contains("caught up 4 events");
     assert!(
-        logs.contains("caught up 3 events") || logs.contains("caught up 4 events"),
-        "{logs}"
+        wait_until(Duration::from_secs(10), || caught_up(&a.logs())),
+        "{}",
+        a.logs()
     );
 }
 
