@@ -29,8 +29,9 @@
 //!
 //! Cost of a cycle through the text tables (netlink skips the formatting
 //! and the parsing: with 10,000 streams held by clients on the same host,
-//! the guard's thread used 11.3 ms of CPU a second through netlink, 30.3
-//! through the tables): the kernel formats one 150-byte line per TCP socket of
+//! the guard's thread used 10.9 ms of CPU a second through netlink, 26.7
+//! through the tables, `examples/thread_cpu.py`): the kernel formats one
+//! 150-byte line per TCP socket of
 //! the network namespace (listening, TIME_WAIT, both ends of loopback
 //! connections, other programs' sockets too), handed over 4 KiB per
 //! `read`; the guard parses each line (into a line buffer reused from
