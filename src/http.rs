@@ -182,7 +182,8 @@ fn handle(app: &Arc<App>, request: Request) {
         .iter()
         .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
         .sum::<usize>()
-        + request.url().len();
+        + request.url().len()
+        + request.method().as_str().len();
     if head_size > MAX_HEAD_BYTES {
         let error = ApiError::new(
             431,

@@ -143,6 +143,21 @@ fn garbage_and_huge_heads_do_not_hurt() {
     let _ = s.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer);
     assert!(answer.is_empty() || text.starts_with("HTTP/1.1 431"), "{text:?}");
+    // The method counts too: a 200 KiB one is not echoed in a 405.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let request = format!("{big} / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = s.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.len() < 1024,
+        "{} bytes answered: {:?}",
+        answer.len(),
+        &text[..200.min(text.len())]
+    );
+    assert!(answer.is_empty() || text.starts_with("HTTP/1.1 431"), "{text:?}");
     let health = get(server.addr, "/health");
     assert_eq!(health.status, 200, "server survived: {health:?}");
     assert!(wait_until(Duration::from_secs(5), || server.pid() > 0
