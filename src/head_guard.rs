@@ -1,10 +1,13 @@
-//! The head guard: closes connections that trickle their request head.
+//! The head guard: closes connections that trickle their request head, or
+//! send one without end.
 //!
 //! tiny_http reads a request head with no deadline and no size limit, and
 //! never lets a handler reach a connection's socket. The listener's read
 //! timeout (see `listener`) drops a client that goes *silent* mid-head, but
 //! not one that sends a byte every second: each read succeeds, and the head
-//! never ends, so a tiny_http pool thread is held for ever.
+//! never ends, so a tiny_http pool thread is held for ever. Nor one that
+//! sends a head without end as fast as it can: tiny_http keeps every byte
+//! of it in memory (a 300 MiB request line took 310 MB of RSS in 0.5 s).
 //!
 //! The guard finds such connections from outside tiny_http:
 //!
@@ -26,6 +29,16 @@
 //!    `getpeername`/`getsockname` that the descriptor is still that
 //!    connection, and shuts it down both ways. tiny_http's reader then gets
 //!    EOF and frees its thread; the client sees the connection closed.
+//!
+//! 4. Every [`WATCH_TICK`] the guard looks at the server's resident memory
+//!    (`/proc/self/statm`, one `pread`). When it grew by [`MEMORY_GROWTH`],
+//!    the next read comes at once and asks the kernel, through netlink, how
+//!    many bytes each socket has received (`tcp_info`); a socket that has
+//!    received more than [`head_bytes_limit`] (a head, a body and room to
+//!    spare) without a request head, since it was opened or since the last
+//!    such count, is shut down like a trickler. Such reads come at most
+//!    once per ten times their own cost. With only the text tables (no
+//!    netlink) there is no count, and only the 10 s deadline applies.
 //!
 //! Cost of a cycle through the text tables (netlink skips the formatting
 //! and the parsing: with 10,000 streams held by clients on the same host,
@@ -76,6 +89,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::periodic::Periodic;
+use crate::rss_watch::RssWatch;
 
 /// How often the guard reads the socket table.
 pub const PERIOD: Duration = Duration::from_secs(2);
@@ -97,6 +111,20 @@ pub const HEAD_GRACE_READS: u64 = 3;
 /// The guard spends at most about 1/`CPU_SHARE` of one core: a read of the
 /// table that took `t` is followed by a pause of at least `CPU_SHARE * t`.
 pub const CPU_SHARE: u32 = 20;
+
+/// How often the guard looks at the server's resident memory.
+pub const WATCH_TICK: Duration = Duration::from_millis(50);
+
+/// Growth of the resident memory that brings the next read of the socket
+/// table forward, with each connection's bytes counted.
+pub const MEMORY_GROWTH: u64 = 4 << 20;
+
+/// A read brought forward by growing memory comes at most once per this
+/// many times the last read's cost (at most ~10 % of a core).
+const COUNTED_READ_SHARE: u32 = 10;
+
+/// Room over a head and a body in [`head_bytes_limit`].
+const HEAD_BYTES_SLACK: u64 = 64 * 1024;
 
 /// TCP_ESTABLISHED in `/proc/net/tcp`'s `st` column.
 const ESTABLISHED: u8 = 0x01;
@@ -253,6 +281,11 @@ struct Tracked {
     first_seen: Instant,
     last_scan: u64,
     last_head: Option<Instant>,
+    /// Bytes received since it was opened, as the current read listed it
+    /// (when the read asked).
+    received_now: Option<u64>,
+    /// The same at the last read that asked, and when that read began.
+    measured: Option<(u64, Instant)>,
 }
 
 /// The guard's bookkeeping, without sockets: which connections it has seen
@@ -289,6 +322,18 @@ impl Tracker {
     /// Takes in one socket of the read begun last, seen at `now`. A socket
     /// whose peer has an open stream (`is_stream`) is passed over.
     pub fn observe(&mut self, now: Instant, seen: Seen, is_stream: impl Fn(SocketAddr) -> bool) {
+        self.observe_received(now, seen, None, is_stream);
+    }
+
+    /// [`Tracker::observe`], with the bytes the socket has received since it
+    /// was opened, for [`Tracker::overlong_heads`].
+    pub fn observe_received(
+        &mut self,
+        now: Instant,
+        seen: Seen,
+        received: Option<u64>,
+        is_stream: impl Fn(SocketAddr) -> bool,
+    ) {
         let scan = self.scan;
         if let Some(last_scan) = self.exempt.get_mut(&seen.inode) {
             *last_scan = scan;
@@ -303,12 +348,15 @@ impl Tracker {
             first_seen: now,
             last_scan: scan,
             last_head: None,
+            received_now: None,
+            measured: None,
         };
         let tracked = self.sockets.entry(seen.inode).or_insert(fresh);
         if tracked.peer != seen.peer {
             *tracked = fresh;
         }
         tracked.last_scan = scan;
+        tracked.received_now = received;
     }
 
     /// Ends the read begun last, with the heads received since the one
@@ -375,6 +423,41 @@ impl Tracker {
         tricklers
     }
 
+    /// Returns the sockets of the last read (which must have asked for the
+    /// bytes received, and been ended with [`Tracker::end_read`], which
+    /// matches the heads) that received more than `limit` bytes without a
+    /// request head: since they were opened, for sockets that never sent
+    /// one; since the last read that asked, for sockets that sent none
+    /// since then. tiny_http holds an unfinished head in memory, however
+    /// long. `now`: when this read began.
+    pub fn overlong_heads(&mut self, now: Instant, limit: u64) -> Vec<Seen> {
+        let scan = self.scan;
+        let mut overlong = Vec::new();
+        for (inode, t) in &mut self.sockets {
+            let Some(received) = t.received_now.take() else {
+                continue;
+            };
+            if t.last_scan != scan {
+                continue;
+            }
+            let since = match (t.measured, t.last_head) {
+                (_, None) => Some(0),
+                (Some((bytes, at)), Some(head)) if head <= at => Some(bytes),
+                // A head since the last count (or no count before it): the
+                // bytes so far may all be requests'.
+                _ => None,
+            };
+            if since.is_some_and(|since| received.saturating_sub(since) > limit) {
+                overlong.push(Seen {
+                    inode: *inode,
+                    peer: t.peer,
+                });
+            }
+            t.measured = Some((received, now));
+        }
+        overlong
+    }
+
     /// Forgets a socket: it was shut down, or it carries a stream.
     fn forget(&mut self, inode: u64) {
         self.sockets.remove(&inode);
@@ -407,11 +490,13 @@ pub struct HeadGuard {
 
 impl HeadGuard {
     /// Starts guarding the connections to local port `port`, learning of
-    /// request heads from `log`.
+    /// request heads from `log`; a connection that sends more than
+    /// `head_bytes` bytes without a request head is closed too (see
+    /// [`head_bytes_limit`]).
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub fn start(port: u16, log: Arc<HeadLog>) -> io::Result<HeadGuard> {
+    pub fn start(port: u16, log: Arc<HeadLog>, head_bytes: u64) -> io::Result<HeadGuard> {
         let mut cycle = Cycle {
             port,
             log,
@@ -420,10 +505,21 @@ impl HeadGuard {
             netlink: true,
             warned: false,
             pause: PERIOD,
+            head_bytes,
+            memory: RssWatch::new(),
+            next_read: Instant::now() + PERIOD,
+            next_counted_read: Instant::now(),
         };
-        let thread = Periodic::start("head-guard", PERIOD, move || cycle.run())?;
+        let thread = Periodic::start("head-guard", WATCH_TICK, move || cycle.tick())?;
         Ok(HeadGuard { _thread: thread })
     }
+}
+
+/// The bytes a connection may send without a request head before it is
+/// closed: a head of `max_head` bytes, then a body of `max_body` (which
+/// may arrive after the head was counted), with room to spare.
+pub fn head_bytes_limit(max_head: usize, max_body: usize) -> u64 {
+    (max_head as u64) + (max_body as u64) + HEAD_BYTES_SLACK
 }
 
 /// What the guard keeps from one read of the socket table to the next.
@@ -437,14 +533,39 @@ struct Cycle {
     netlink: bool,
     warned: bool,
     pause: Duration,
+    /// See [`head_bytes_limit`].
+    head_bytes: u64,
+    memory: RssWatch,
+    /// When the next read of the socket table is due.
+    next_read: Instant,
+    /// The earliest time a read brought forward by growing memory may run.
+    next_counted_read: Instant,
 }
 
 impl Cycle {
-    /// One read of the socket table, closing the tricklers it finds; returns
-    /// the pause before the next.
-    fn run(&mut self) -> Duration {
+    /// Looks at the server's memory every [`WATCH_TICK`]; reads the socket
+    /// table when due, or at once, counting each connection's bytes, when
+    /// the memory grew by [`MEMORY_GROWTH`] (a client may be sending an
+    /// endless head, which tiny_http keeps in memory as fast as it comes).
+    fn tick(&mut self) -> Duration {
         let now = Instant::now();
-        let read_any = (self.netlink && self.list_through_netlink(now)) || self.list_from_tables(now);
+        let grew = now >= self.next_counted_read && self.netlink && self.memory.grew(MEMORY_GROWTH);
+        if grew || now >= self.next_read {
+            self.run(grew);
+            let cost = now.elapsed();
+            self.next_read = Instant::now() + self.pause;
+            self.next_counted_read = Instant::now() + cost * COUNTED_READ_SHARE;
+        }
+        WATCH_TICK.min(self.next_read.saturating_duration_since(Instant::now()))
+    }
+
+    /// One read of the socket table, closing the tricklers it finds (and,
+    /// when `count_bytes`, the connections sending an overlong head);
+    /// returns the pause before the next.
+    fn run(&mut self, count_bytes: bool) -> Duration {
+        let now = Instant::now();
+        let read_any =
+            (self.netlink && self.list_through_netlink(now, count_bytes)) || self.list_from_tables(now);
         if !read_any {
             if !self.warned {
                 log::warn!(
@@ -457,7 +578,18 @@ impl Cycle {
         }
         let log = &self.log;
         let tricklers = self.tracker.end_read(now, log.take(), |peer| log.is_stream(peer));
+        let overlong = self.tracker.overlong_heads(now, self.head_bytes);
         self.pause = PERIOD.max(now.elapsed() * CPU_SHARE);
+        if !overlong.is_empty() {
+            for cut in shut_down(&overlong, self.port) {
+                self.tracker.forget(cut.inode);
+                log::warn!(
+                    "closed a connection that sent over {} bytes without a complete request head: peer={}",
+                    self.head_bytes,
+                    cut.peer
+                );
+            }
+        }
         if !tricklers.is_empty() {
             let closed = shut_down(&tricklers, self.port);
             for trickler in &tricklers {
@@ -483,11 +615,11 @@ impl Cycle {
     /// Lists the server's sockets into the tracker through netlink; false
     /// when that failed (the tables are read instead), and for good unless
     /// the failure may pass.
-    fn list_through_netlink(&mut self, now: Instant) -> bool {
+    fn list_through_netlink(&mut self, now: Instant, count_bytes: bool) -> bool {
         self.tracker.begin_read();
         let (tracker, log) = (&mut self.tracker, &self.log);
-        match crate::sock_diag::established(self.port, |seen| {
-            tracker.observe(now, seen, |peer| log.is_stream(peer))
+        match crate::sock_diag::established(self.port, count_bytes, |seen, received| {
+            tracker.observe_received(now, seen, received, |peer| log.is_stream(peer))
         }) {
             Ok(()) => true,
             Err(e) if crate::sock_diag::is_transient(&e) => {
@@ -921,5 +1053,62 @@ mod tests {
             tracker.update(at(19), &[late], HashMap::new(), |_| false),
             vec![late]
         );
+    }
+
+    #[test]
+    fn a_connection_is_cut_for_bytes_it_sent_without_a_head_only() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let never = Seen {
+            inode: 1,
+            peer: "127.0.0.1:1001".parse().unwrap(),
+        };
+        let kept = Seen {
+            inode: 2,
+            peer: "127.0.0.1:1002".parse().unwrap(),
+        };
+        let no_streams = |_| false;
+        let mut tracker = Tracker::default();
+        let read = |tracker: &mut Tracker, now, counts: &[(Seen, Option<u64>)], heads: &[(Seen, Instant)]| {
+            tracker.begin_read();
+            for (seen, received) in counts {
+                tracker.observe_received(now, *seen, *received, no_streams);
+            }
+            let heads = heads.iter().map(|(s, at)| (s.peer, *at)).collect();
+            tracker.end_read(now, heads, no_streams);
+            tracker.overlong_heads(now, 1000)
+        };
+        // `kept` sent a head (and 100,000 bytes of requests); `never` sent
+        // 100 bytes and no head.
+        let first = read(
+            &mut tracker,
+            at(0),
+            &[(never, Some(100)), (kept, Some(100_000))],
+            &[(kept, at(0))],
+        );
+        assert_eq!(first, vec![]);
+        // 5,000 bytes and still no head: cut. 1,000 more for `kept`, no head
+        // since: at the limit, not over it.
+        let second = read(
+            &mut tracker,
+            at(100),
+            &[(never, Some(5000)), (kept, Some(101_000))],
+            &[],
+        );
+        assert_eq!(second, vec![never]);
+        // 50,000 more, with a head in between: requests, not one head.
+        let third = read(
+            &mut tracker,
+            at(200),
+            &[(kept, Some(151_000))],
+            &[(kept, at(150))],
+        );
+        assert_eq!(third, vec![]);
+        // A read that does not count bytes changes nothing.
+        let uncounted = read(&mut tracker, at(250), &[(kept, None)], &[]);
+        assert_eq!(uncounted, vec![]);
+        // 5,000 more since the last count, and no head: cut.
+        let fourth = read(&mut tracker, at(300), &[(kept, Some(156_000))], &[]);
+        assert_eq!(fourth, vec![kept]);
     }
 }

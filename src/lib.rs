@@ -25,6 +25,7 @@
 //! - [`periodic`]: background threads that work in rounds (keep-awake, head guard, reader release);
 //! - [`head_guard`]: closing connections that trickle their request head;
 //! - [`reader_release`]: ending tiny_http's reader of a stream's connection at once;
+//! - [`rss_watch`]: noticing the server's memory grow fast;
 //! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
 //! - [`logger`]: log lines on stderr;
@@ -52,6 +53,7 @@ mod redis_reader;
 mod redis_reply;
 mod redis_url;
 mod resp;
+pub mod rss_watch;
 pub mod server;
 mod sock_diag;
 pub mod stats;

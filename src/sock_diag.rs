@@ -12,7 +12,9 @@
 //! Messages (`linux/netlink.h`, `linux/inet_diag.h`) are built and read as
 //! bytes here: a request per address family (`SOCK_DIAG_BY_FAMILY`, dump of
 //! the ESTABLISHED TCP sockets), answered by one `inet_diag_msg` per socket
-//! and a closing `NLMSG_DONE`.
+//! and a closing `NLMSG_DONE`. Asked for, each socket's `inet_diag_msg` is
+//! followed by its `struct tcp_info` (`INET_DIAG_INFO`, ~4 times the bytes),
+//! of which only the count of bytes received is read.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -37,8 +39,13 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_TCP: u8 = 6;
 const TCP_ESTABLISHED: u32 = 1;
-/// `struct inet_diag_msg`, without attributes (none are asked for).
+/// `struct inet_diag_msg`, without its attributes.
 const DIAG_MSG: usize = 72;
+/// The attribute carrying a socket's `struct tcp_info`.
+const INET_DIAG_INFO: u16 = 2;
+/// Where `tcpi_bytes_received` (a `u64`, Linux 4.1 and later) sits in
+/// `struct tcp_info`.
+const TCP_INFO_BYTES_RECEIVED: usize = 128;
 
 /// How long a reply may take before the dump is given up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,12 +55,17 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_DATAGRAMS: usize = 100_000;
 
 /// Calls `each` with the ESTABLISHED TCP sockets, IPv4 and IPv6, whose local
-/// port is `port`.
+/// port is `port`; with `bytes_received`, also with how many bytes each has
+/// received since it was opened (`None` when the kernel did not say).
 ///
 /// # Errors
 /// When netlink socket diagnostics cannot be used (no such socket family,
 /// not allowed, an error reply or no reply in time).
-pub fn established(port: u16, mut each: impl FnMut(Seen)) -> io::Result<()> {
+pub fn established(
+    port: u16,
+    bytes_received: bool,
+    mut each: impl FnMut(Seen, Option<u64>),
+) -> io::Result<()> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Datagram,
@@ -65,7 +77,12 @@ pub fn established(port: u16, mut each: impl FnMut(Seen)) -> io::Result<()> {
     let kernel = NetlinkAddr::new(0, 0);
     let mut buffer = vec![0u8; 32 * 1024];
     for (seq, family) in [(1u32, AF_INET), (2, AF_INET6)] {
-        sendto(fd.as_raw_fd(), &request(family, seq), &kernel, MsgFlags::empty())?;
+        sendto(
+            fd.as_raw_fd(),
+            &request(family, seq, bytes_received),
+            &kernel,
+            MsgFlags::empty(),
+        )?;
         let mut done = false;
         for _ in 0..MAX_DATAGRAMS {
             let n = recv(fd.as_raw_fd(), &mut buffer, MsgFlags::empty())?;
@@ -99,8 +116,9 @@ pub fn is_transient(error: &io::Error) -> bool {
         .is_some_and(|code| transient.iter().any(|e| *e as i32 == code))
 }
 
-/// A dump request for the ESTABLISHED TCP sockets of `family`.
-fn request(family: u8, seq: u32) -> Vec<u8> {
+/// A dump request for the ESTABLISHED TCP sockets of `family`, with their
+/// `tcp_info` when `info`.
+fn request(family: u8, seq: u32, info: bool) -> Vec<u8> {
     let length = NLMSG_HEADER + 56;
     let mut message = Vec::with_capacity(length);
     message.extend_from_slice(&(length as u32).to_ne_bytes());
@@ -110,7 +128,8 @@ fn request(family: u8, seq: u32) -> Vec<u8> {
     message.extend_from_slice(&0u32.to_ne_bytes());
     // struct inet_diag_req_v2: family, protocol, extensions, pad, states,
     // then a zeroed inet_diag_sockid (48 bytes: match any).
-    message.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    let extensions = if info { 1u8 << (INET_DIAG_INFO - 1) } else { 0 };
+    message.extend_from_slice(&[family, IPPROTO_TCP, extensions, 0]);
     message.extend_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
     message.resize(length, 0);
     message
@@ -118,7 +137,12 @@ fn request(family: u8, seq: u32) -> Vec<u8> {
 
 /// Reads the messages of one reply datagram: each socket whose local port
 /// is `port` goes to `each`. True once the dump's end came.
-fn parse_datagram(mut datagram: &[u8], seq: u32, port: u16, each: &mut impl FnMut(Seen)) -> io::Result<bool> {
+fn parse_datagram(
+    mut datagram: &[u8],
+    seq: u32,
+    port: u16,
+    each: &mut impl FnMut(Seen, Option<u64>),
+) -> io::Result<bool> {
     while datagram.len() >= NLMSG_HEADER {
         let length = u32_at(datagram, 0) as usize;
         if length < NLMSG_HEADER || length > datagram.len() {
@@ -137,7 +161,7 @@ fn parse_datagram(mut datagram: &[u8], seq: u32, port: u16, each: &mut impl FnMu
                 }
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(seen) = parse_socket(payload, port) {
-                        each(seen);
+                        each(seen, bytes_received(&payload[DIAG_MSG..]));
                     }
                 }
                 _ => {}
@@ -178,6 +202,27 @@ fn parse_socket(message: &[u8], port: u16) -> Option<Seen> {
     })
 }
 
+/// `tcpi_bytes_received` from the attributes that follow an
+/// `inet_diag_msg`, if its `tcp_info` is there and long enough.
+fn bytes_received(mut attributes: &[u8]) -> Option<u64> {
+    // Each attribute: length (header included) and type, 2 bytes each,
+    // then its payload, padded to 4 bytes.
+    while attributes.len() >= 4 {
+        let length = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
+        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]);
+        if length < 4 || length > attributes.len() {
+            return None;
+        }
+        if kind == INET_DIAG_INFO {
+            let info = &attributes[4..length];
+            let field = info.get(TCP_INFO_BYTES_RECEIVED..TCP_INFO_BYTES_RECEIVED + 8)?;
+            return Some(u64::from_ne_bytes(field.try_into().ok()?));
+        }
+        attributes = attributes.get((length + 3) & !3..).unwrap_or(&[]);
+    }
+    None
+}
+
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
@@ -194,7 +239,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server_side, _) = listener.accept().unwrap();
         let mut seen = Vec::new();
-        match established(port, |s| seen.push(s)) {
+        match established(port, false, |s, _| seen.push(s)) {
             Ok(()) => {}
             Err(e) => {
                 // Sandboxes may refuse netlink; the guard then reads
@@ -266,7 +311,7 @@ mod tests {
             &socket(8000, [10, 0, 0, 4], 5003, 44),
         ));
         let mut seen = Vec::new();
-        assert!(!parse_datagram(&datagram, 7, 8000, &mut |s| seen.push(s)).unwrap());
+        assert!(!parse_datagram(&datagram, 7, 8000, &mut |s, _| seen.push(s)).unwrap());
         assert_eq!(
             seen,
             vec![Seen {
@@ -276,14 +321,67 @@ mod tests {
             "not: another port, inode 0, another request's reply"
         );
         let done = message(NLMSG_DONE, 7, &0i32.to_ne_bytes());
-        assert!(parse_datagram(&done, 7, 8000, &mut |_| {}).unwrap());
+        assert!(parse_datagram(&done, 7, 8000, &mut |_, _| {}).unwrap());
         let refused = message(NLMSG_ERROR, 7, &(-1i32).to_ne_bytes());
-        let error = parse_datagram(&refused, 7, 8000, &mut |_| {}).unwrap_err();
+        let error = parse_datagram(&refused, 7, 8000, &mut |_, _| {}).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(1));
         let cut = &datagram[..20];
         assert!(
-            parse_datagram(cut, 7, 8000, &mut |_| {}).is_err(),
+            parse_datagram(cut, 7, 8000, &mut |_, _| {}).is_err(),
             "a truncated message is an error"
         );
+    }
+
+    #[test]
+    fn counts_the_bytes_a_connection_received() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server_side, _) = listener.accept().unwrap();
+        client.write_all(&[b'x'; 5000]).unwrap();
+        let mut received = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            received.clear();
+            if let Err(e) = established(port, true, |_, bytes| received.push(bytes)) {
+                eprintln!("sock_diag unavailable here ({e}): skipped");
+                return;
+            }
+            if received == [Some(5000)] || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(received, [Some(5000)]);
+        let mut without = Vec::new();
+        established(port, false, |_, bytes| without.push(bytes)).unwrap();
+        assert_eq!(without, [None], "not asked for");
+    }
+
+    #[test]
+    fn reads_the_bytes_received_from_the_tcp_info_attribute() {
+        let attribute = |kind: u16, payload: &[u8]| {
+            let mut a = Vec::new();
+            a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+            a.extend_from_slice(&kind.to_ne_bytes());
+            a.extend_from_slice(payload);
+            while a.len() % 4 != 0 {
+                a.push(0);
+            }
+            a
+        };
+        let mut info = vec![0u8; 232];
+        info[TCP_INFO_BYTES_RECEIVED..TCP_INFO_BYTES_RECEIVED + 8].copy_from_slice(&123_456u64.to_ne_bytes());
+        let mut attributes = attribute(1, &[7, 7, 7]);
+        attributes.extend(attribute(INET_DIAG_INFO, &info));
+        assert_eq!(bytes_received(&attributes), Some(123_456));
+        assert_eq!(
+            bytes_received(&attribute(INET_DIAG_INFO, &info[..100])),
+            None,
+            "too old a kernel"
+        );
+        assert_eq!(bytes_received(&attribute(1, &info)), None);
+        assert_eq!(bytes_received(&attributes[..6]), None, "truncated");
     }
 }

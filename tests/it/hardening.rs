@@ -638,3 +638,35 @@ fn a_stream_connection_is_down_to_one_descriptor_before_the_read_timeout() {
         server.logs()
     );
 }
+
+#[test]
+fn an_endless_request_head_is_cut_long_before_memory_runs_out() {
+    // tiny_http keeps an unfinished request head in memory, byte after
+    // byte, as fast as it comes (hundreds of MB a second on loopback).
+    let server = TestServer::start(&["--log", "info"]);
+    let mut client = TcpStream::connect(server.addr).unwrap();
+    // Once the server closed, the client's writes stall or fail.
+    client.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let chunk = vec![b'A'; 1 << 20];
+    let mut sent = 0usize;
+    // Bounded: 1 GiB at most, or until the server closes the connection.
+    while sent < 1 << 30 {
+        match client.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 64 << 20,
+        "{} MiB sent before the server closed",
+        sent >> 20
+    );
+    assert!(
+        wait_until(LONG, || server
+            .logs()
+            .contains("bytes without a complete request head")),
+        "logs: {}",
+        server.logs()
+    );
+    assert_eq!(get(server.addr, "/health").status, 200);
+}
