@@ -177,13 +177,16 @@ fn handle(app: &Arc<App>, request: Request) {
     if let Some(peer) = request.remote_addr() {
         app.heads.record(*peer);
     }
+    // As sent: "METHOD URL HTTP/1.1\r\n", "Name: value\r\n" per header
+    // (tiny_http trims the values), and the closing "\r\n".
+    let request_line = request.method().as_str().len() + 1 + request.url().len() + " HTTP/1.1\r\n".len();
     let head_size: usize = request
         .headers()
         .iter()
-        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
+        .map(|h| h.field.as_str().as_str().len() + ": ".len() + h.value.as_str().len() + "\r\n".len())
         .sum::<usize>()
-        + request.url().len()
-        + request.method().as_str().len();
+        + request_line
+        + "\r\n".len();
     if head_size > MAX_HEAD_BYTES {
         let error = ApiError::new(
             431,

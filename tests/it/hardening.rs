@@ -670,3 +670,28 @@ fn an_endless_request_head_is_cut_long_before_memory_runs_out() {
     );
     assert_eq!(get(server.addr, "/health").status, 200);
 }
+
+#[test]
+fn the_head_limit_is_16_kib_to_the_byte() {
+    let server = TestServer::start(&[]);
+    let answer_to_head_of = |size: usize| -> String {
+        let start = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: ";
+        let end = "\r\n\r\n";
+        let pad = "a".repeat(size - start.len() - end.len());
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.write_all(format!("{start}{pad}{end}").as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        s.set_read_timeout(Some(LONG)).unwrap();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(answer_to_head_of(16 * 1024), "HTTP/1.1 200 OK");
+    assert_eq!(
+        answer_to_head_of(16 * 1024 + 1),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+}
