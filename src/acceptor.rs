@@ -112,6 +112,11 @@ impl Acceptor {
         })
     }
 
+    /// Lets go of the servers without waiting for them (see [`drop_aside`]).
+    pub fn close(self) {
+        drop_aside(self);
+    }
+
     /// The next request, waiting up to `timeout`: from the running server or
     /// a replaced one. When the running server's acceptor has stopped, a new
     /// one is started on `listener`, trying until it can or `stopping()`.
@@ -188,7 +193,7 @@ impl Acceptor {
                     let old = std::mem::replace(&mut self.running, fresh);
                     self.retired.push(old.server);
                     if self.retired.len() > RETIRED_MAX {
-                        self.retired.remove(0);
+                        drop_aside(self.retired.remove(0));
                     }
                     return true;
                 }
@@ -216,6 +221,23 @@ fn free_descriptors() -> Option<usize> {
         Err(_) => None,
         // The count includes the directory's own descriptor.
         Ok(entries) => Some(soft.saturating_sub(entries.count().saturating_sub(1))),
+    }
+}
+
+/// Drops `value` (tiny_http servers) on a thread of its own. Dropping a
+/// tiny_http server connects to its own listening address to wake its
+/// acceptor thread, with no timeout: where that address does not answer
+/// (its interface went down) the connect waits for minutes, and neither a
+/// stop nor the dispatch loop may.
+fn drop_aside<T: Send + 'static>(value: T) {
+    // Where no thread can be started, std drops the closure, and `value`
+    // with it, here.
+    let spawned = std::thread::Builder::new()
+        .name("acceptor-drop".into())
+        .stack_size(crate::SMALL_STACK)
+        .spawn(move || drop(value));
+    if let Err(e) = spawned {
+        log::debug!("cannot drop a tiny_http server aside ({e}); dropped it here");
     }
 }
 

@@ -167,9 +167,10 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
                 }
             }
             Next::Nothing => {}
-            Next::Stopping => return,
+            Next::Stopping => break,
         }
     }
+    acceptor.close();
 }
 
 fn handle(app: &Arc<App>, request: Request) {
