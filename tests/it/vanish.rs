@@ -8,7 +8,8 @@
 //! its own (`unshare --net`, root only), whose loopback it takes down. It
 //! also gets a PID namespace of its own, so that whatever it started dies
 //! with it even if it is killed. Where that is not allowed the test says so
-//! and passes.
+//! and passes. The same namespace shows that a stop does not wait on a
+//! network that went down.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -173,4 +174,57 @@ fn inner_stream_of_a_vanished_client_ends() {
     let health = get(server.addr, "/health").json();
     assert_eq!(health["open_streams"], 0, "{health}");
     drop(client);
+}
+
+#[test]
+fn sigterm_exits_within_2s_when_the_server_cannot_reach_its_own_address() {
+    // In a network namespace of its own, the server's interface goes down
+    // under it: tiny_http's server, when dropped, connects to its own
+    // address with no timeout.
+    if let Some(reason) = why_no_network_namespace() {
+        assert!(
+            std::env::var_os("TINYSSE_REQUIRE_NETNS").is_none(),
+            "TINYSSE_REQUIRE_NETNS is set but {reason}"
+        );
+        println!("skipped: {reason}");
+        return;
+    }
+    let script = r#"
+        ip link set lo up || exit 77
+        "$0" --port 8555 --tick-interval 0 >/dev/null 2>&1 &
+        pid=$!
+        i=0
+        until (exec 3<>/dev/tcp/127.0.0.1/8555) 2>/dev/null; do
+            i=$((i + 1)); [ $i -gt 200 ] && exit 78; sleep 0.05
+        done
+        ip link set lo down
+        sleep 1.5
+        start=$(date +%s%N)
+        kill -TERM $pid
+        for i in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.05; done
+        if kill -0 $pid 2>/dev/null; then kill -9 $pid; echo STILL_RUNNING; exit 1; fi
+        wait $pid
+        rc=$?
+        echo "EXIT $rc MS $((($(date +%s%N) - start) / 1000000))"
+    "#;
+    let mut command = unshare();
+    command
+        .args(["bash", "-c", script, env!("CARGO_BIN_EXE_tinysse")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = run_to_end(command, Duration::from_secs(30));
+    let ms: u64 = run
+        .stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "MS")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        run.stdout.contains("EXIT 0") && ms < 2000,
+        "{}; stderr: {}",
+        run.stdout,
+        run.stderr
+    );
 }
