@@ -69,7 +69,12 @@ impl fmt::Display for PublishError {
             PublishError::MissingData => f.write_str("JSON body has no 'data' field"),
             PublishError::NotAString(field) => write!(f, "JSON field '{field}' must be a string"),
             PublishError::TooSlow => {
-                write!(f, "body not received within {} seconds", BODY_DEADLINE.as_secs())
+                write!(
+                    f,
+                    "body not received in time: a pause of over {} seconds, or over {} seconds in all",
+                    crate::listener::IDLE_READ_TIMEOUT.as_secs(),
+                    BODY_DEADLINE.as_secs()
+                )
             }
             PublishError::Truncated { received, declared } => write!(
                 f,
@@ -199,6 +204,22 @@ fn into_string(value: Value, field: &'static str) -> Result<String, PublishError
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_silent_body_is_too_slow_and_the_answer_says_both_limits() {
+        struct Silent;
+        impl std::io::Read for Silent {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::WouldBlock.into())
+            }
+        }
+        let error = super::read_body(&mut Silent, Some(10), 100).unwrap_err();
+        assert!(matches!(error, super::PublishError::TooSlow));
+        assert_eq!(
+            error.to_string(),
+            "body not received in time: a pause of over 2 seconds, or over 10 seconds in all"
+        );
+    }
+
     use super::*;
 
     #[test]
