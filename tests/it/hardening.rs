@@ -695,3 +695,24 @@ fn the_head_limit_is_16_kib_to_the_byte() {
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
 }
+
+#[test]
+fn the_descriptor_table_is_grown_once_at_start() {
+    // Grown later, each doubling would make the process's accepts wait for
+    // an RCU grace period: a stream's first byte 2-15 ms late.
+    let server = TestServer::start(&["--max-connections", "3000"]);
+    let proc_file = |name: &str| std::fs::read_to_string(format!("/proc/{}/{name}", server.pid())).unwrap();
+    let table: u64 = proc_file("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("an FDSize line");
+    let open_files: u64 = proc_file("limits")
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("a Max open files line");
+    let wanted = (3000 + 1024).min(open_files);
+    assert!(table >= wanted, "descriptor table of {table}, wanted {wanted}");
+}
