@@ -716,3 +716,46 @@ fn the_descriptor_table_is_grown_once_at_start() {
     let wanted = (3000 + 1024).min(open_files);
     assert!(table >= wanted, "descriptor table of {table}, wanted {wanted}");
 }
+
+#[test]
+fn clients_that_reset_at_once_leave_a_quiet_log_and_a_working_server() {
+    // tiny_http panics on a connection whose client reset it before it read
+    // the peer's address; any client can do that at will.
+    let server = TestServer::start(&[]);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let hammers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                // Bounded by the deadline.
+                while Instant::now() < deadline {
+                    let Ok(mut s) = TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                    let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+                }
+            })
+        })
+        .collect();
+    for hammer in hammers {
+        hammer.join().unwrap();
+    }
+    assert_eq!(get(server.addr, "/health").status, 200);
+    let logs = server.logs();
+    assert!(
+        !logs.contains("panicked at"),
+        "a panic report per reset: {}",
+        &logs[..2000.min(logs.len())]
+    );
+    // One warning, then debug lines (the test server logs at debug level).
+    let warnings = logs
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("panic inside tiny_http"))
+        .count();
+    assert!(
+        warnings <= 1,
+        "{warnings} warnings about tiny_http's panics in 2 s"
+    );
+    println!("warnings about tiny_http's panics: {warnings}");
+}
