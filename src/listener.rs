@@ -62,7 +62,7 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +95,24 @@ const PROBE_WAIT: Duration = Duration::from_millis(50);
 
 /// Extra connections the keep-awake thread opens at most per period.
 const MAX_RESCUES: usize = 32;
+
+/// Connections opened at most per period to run the tasks that tiny_http's
+/// pool threads left queued when they died (see [`note_pool_thread_lost`]).
+const MAX_QUEUE_RESCUES: usize = 128;
+
+/// tiny_http's pool threads that ended in a panic so far.
+static POOL_THREADS_LOST: AtomicU64 = AtomicU64::new(0);
+
+/// Notes that one of tiny_http's pool threads ended in a panic (the
+/// binary's panic hook calls it; tiny_http 0.12 panics on a connection
+/// reset before it read the peer's address). A thread that dies may leave
+/// connections queued in the pool for it, each holding two descriptors
+/// until some thread runs it; the keep-awake thread then opens connections
+/// that close at once, each of which brings a thread that runs one queued
+/// task, for as long as that keeps making pool threads die.
+pub fn note_pool_thread_lost() {
+    POOL_THREADS_LOST.fetch_add(1, Ordering::Relaxed);
+}
 
 /// The keep-awake request: it is answered, then the connection closes.
 const PROBE: &[u8] = b"GET /health HTTP/1.1\r\nHost: keep-awake\r\nConnection: close\r\n\r\n";
@@ -166,8 +184,14 @@ impl KeepAwake {
     pub fn start(addr: SocketAddr) -> io::Result<KeepAwake> {
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&stopping);
+        let mut lost_seen = POOL_THREADS_LOST.load(Ordering::Relaxed);
         let thread = Periodic::start("keep-awake", Duration::ZERO, move || {
             poke(addr, &stop);
+            let lost = POOL_THREADS_LOST.load(Ordering::Relaxed);
+            if lost != lost_seen {
+                lost_seen = lost;
+                rescue_queued(addr, &stop, MAX_QUEUE_RESCUES);
+            }
             KEEP_AWAKE_EVERY
         })?;
         Ok(KeepAwake {
@@ -204,6 +228,19 @@ fn poke(addr: SocketAddr, stopping: &AtomicBool) -> usize {
         }
     }
     rescues
+}
+
+/// Opens up to `count` connections to `addr` and closes each at once (no
+/// request, no reset: tiny_http reads end-of-file and forgets it). Each
+/// new connection makes tiny_http's pool run one more task, the oldest
+/// queued one first. Stops early when `stopping` is raised.
+fn rescue_queued(addr: SocketAddr, stopping: &AtomicBool, count: usize) {
+    for _ in 0..count {
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = TcpStream::connect_timeout(&addr, PROBE_WAIT);
+    }
 }
 
 #[cfg(test)]

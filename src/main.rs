@@ -245,6 +245,7 @@ fn report_tiny_http_panics_as_warnings() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| match info.location() {
         Some(at) if is_in_tiny_http(at.file()) => {
+            tinysse::listener::note_pool_thread_lost();
             let payload = info.payload();
             let message = payload
                 .downcast_ref::<&str>()
