@@ -53,6 +53,10 @@ pub enum PublishError {
     BadContentLength(String),
     /// Reading the body failed.
     Io(io::Error),
+    /// A query parameter that must come once came more often.
+    Repeated(&'static str),
+    /// A query parameter that is not UTF-8 once percent-decoded.
+    QueryNotUtf8(&'static str),
 }
 
 impl fmt::Display for PublishError {
@@ -85,6 +89,13 @@ impl fmt::Display for PublishError {
                 "Content-Length '{value}' is not a number of bytes"
             ),
             PublishError::Io(e) => write!(f, "reading the body failed: {e}"),
+            PublishError::Repeated(field) => write!(
+                f,
+                "'{field}' given more than once: a publish goes to one channel, with one event name"
+            ),
+            PublishError::QueryNotUtf8(field) => {
+                write!(f, "query parameter '{field}' is not valid UTF-8 once percent-decoded")
+            }
         }
     }
 }
@@ -159,10 +170,19 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
     let mut channel = None;
     let mut event = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match key.as_ref() {
-            "channel" => channel = Some(value.into_owned()),
-            "event" => event = Some(value.into_owned()),
-            _ => {}
+        let (field, slot) = match key.as_ref() {
+            "channel" => ("channel", &mut channel),
+            "event" => ("event", &mut event),
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(PublishError::Repeated(field));
+        }
+        *slot = Some(value.into_owned());
+    }
+    for (field, value) in [("channel", &mut channel), ("event", &mut event)] {
+        if value.is_some() {
+            *value = Some(strict_query_value(query, field)?);
         }
     }
     let text = String::from_utf8(body).map_err(|_| PublishError::NotUtf8)?;
@@ -195,6 +215,20 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
     })
 }
 
+/// The value of `field` in `query`, decoded as `form_urlencoded` does
+/// (`+` is a space, `%XX` a byte) but refusing bytes that are not UTF-8,
+/// which `form_urlencoded` would turn into U+FFFD.
+fn strict_query_value(query: &str, field: &'static str) -> Result<String, PublishError> {
+    let decode =
+        |raw: &str| percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect::<Vec<u8>>();
+    let raw = query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| decode(key) == field.as_bytes())
+        .map_or("", |(_, value)| value);
+    String::from_utf8(decode(raw)).map_err(|_| PublishError::QueryNotUtf8(field))
+}
+
 fn into_string(value: Value, field: &'static str) -> Result<String, PublishError> {
     match value {
         Value::String(s) => Ok(s),
@@ -204,6 +238,29 @@ fn into_string(value: Value, field: &'static str) -> Result<String, PublishError
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn query_values_are_strict_utf8_and_given_once() {
+        let parsed = super::parse("chan%6Eel=a%20b+c&event=caf%C3%A9", false, b"x".to_vec()).unwrap();
+        assert_eq!(
+            (parsed.channel.as_str(), parsed.event.as_deref()),
+            ("a b c", Some("café"))
+        );
+        let error = super::parse("channel=a&event=%E9", false, b"x".to_vec()).unwrap_err();
+        assert!(
+            matches!(error, super::PublishError::QueryNotUtf8("event")),
+            "{error}"
+        );
+        let error = super::parse("channel=a&channel=b", false, b"x".to_vec()).unwrap_err();
+        assert!(
+            matches!(error, super::PublishError::Repeated("channel")),
+            "{error}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "'channel' given more than once: a publish goes to one channel, with one event name"
+        );
+    }
+
     #[test]
     fn a_silent_body_is_too_slow_and_the_answer_says_both_limits() {
         struct Silent;

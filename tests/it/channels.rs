@@ -560,6 +560,12 @@ fn bad_publishes_and_subscriptions_get_400_saying_what_is_wrong() {
             json(r#"{"channel": "c", "event": "e"}"#),
             "data",
         ),
+        ("event name not UTF-8", raw("channel=c&event=%E9", b"x"), "UTF-8"),
+        (
+            "two channels in one publish",
+            raw("channel=c&channel=d", b"x"),
+            "more than once",
+        ),
     ];
     for (what, response, says) in &cases {
         assert_eq!(response.status, 400, "{what}: {response:?}");
