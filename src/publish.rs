@@ -202,7 +202,7 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
         }
         match object.remove("data") {
             Some(Value::String(s)) => s,
-            Some(other) => other.to_string(),
+            Some(_) => compact_data_text(&text)?,
             None => return Err(PublishError::MissingData),
         }
     } else {
@@ -213,6 +213,39 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
         event: event.filter(|e| !e.is_empty()),
         data,
     })
+}
+
+/// The text of the `data` member of the JSON object `body`, as the
+/// publisher wrote it (key order, number digits) without the whitespace
+/// between tokens. Re-serializing the parsed value would sort object keys
+/// and round numbers past 64 bits.
+fn compact_data_text(body: &str) -> Result<String, PublishError> {
+    let members: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_str(body).map_err(|e| PublishError::BadJson(e.to_string()))?;
+    let raw = members.get("data").ok_or(PublishError::MissingData)?.get();
+    Ok(compact_json(raw))
+}
+
+/// `json` (valid JSON) without whitespace outside strings.
+fn compact_json(json: &str) -> String {
+    let mut compact = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            compact.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            in_string = c == '"';
+            compact.push(c);
+        }
+    }
+    compact
 }
 
 /// The value of `field` in `query`, decoded as `form_urlencoded` does
@@ -238,6 +271,19 @@ fn into_string(value: Value, field: &'static str) -> Result<String, PublishError
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn non_string_data_keeps_its_own_text_made_compact() {
+        let body =
+            r#"{"channel": "c", "data": { "z" : 1, "a" : [ 12345678901234567890123, 1E3, "x y\" }" ] }}"#;
+        let parsed = super::parse("", true, body.as_bytes().to_vec()).unwrap();
+        assert_eq!(
+            parsed.data,
+            r#"{"z":1,"a":[12345678901234567890123,1E3,"x y\" }"]}"#
+        );
+        let number = super::parse("", true, br#"{"data": 2.50}"#.to_vec()).unwrap();
+        assert_eq!(number.data, "2.50");
+    }
+
     #[test]
     fn query_values_are_strict_utf8_and_given_once() {
         let parsed = super::parse("chan%6Eel=a%20b+c&event=caf%C3%A9", false, b"x".to_vec()).unwrap();

@@ -181,6 +181,12 @@ fn json_publish_sends_strings_as_text_and_other_values_as_compact_json() {
             r#"[true,"x",1.5]"#,
         ),
         (r#"{"channel": "news", "data": ""}"#, None, ""),
+        // The publisher's own key order and digits, not a re-serialization.
+        (
+            r#"{"channel": "news", "data": {"user": "bob", "action": "login", "n": 12345678901234567890123}}"#,
+            None,
+            r#"{"user":"bob","action":"login","n":12345678901234567890123}"#,
+        ),
     ];
     let mut expected = String::new();
     for (body, event, data) in cases {
