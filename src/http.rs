@@ -671,6 +671,18 @@ fn publish_request(
     if let Some(bad) = request_header(request, "Content-Length").filter(|_| declared.is_none() && !chunked) {
         return Err(PublishError::BadContentLength(bad.to_string()).into());
     }
+    // tiny_http frames the body by the first of several Content-Length
+    // headers; a proxy in front may have used another (request smuggling).
+    let mut lengths = request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("Content-Length"))
+        .map(|h| h.value.as_str().trim());
+    if let Some(first) = lengths.next() {
+        if let Some(other) = lengths.find(|v| *v != first) {
+            return Err(PublishError::ConflictingContentLength(format!("{first}, {other}")).into());
+        }
+    }
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);

@@ -51,6 +51,8 @@ pub enum PublishError {
     },
     /// A `Content-Length` header that is not a byte count.
     BadContentLength(String),
+    /// `Content-Length` headers that disagree (the values).
+    ConflictingContentLength(String),
     /// Reading the body failed.
     Io(io::Error),
     /// A query parameter that must come once came more often.
@@ -89,6 +91,9 @@ impl fmt::Display for PublishError {
                 "Content-Length '{value}' is not a number of bytes"
             ),
             PublishError::Io(e) => write!(f, "reading the body failed: {e}"),
+            PublishError::ConflictingContentLength(values) => {
+                write!(f, "Content-Length headers disagree ({values}); send one")
+            }
             PublishError::Repeated(field) => write!(
                 f,
                 "'{field}' given more than once: a publish goes to one channel, with one event name"

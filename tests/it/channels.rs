@@ -572,6 +572,17 @@ fn bad_publishes_and_subscriptions_get_400_saying_what_is_wrong() {
             raw("channel=c&channel=d", b"x"),
             "more than once",
         ),
+        (
+            "two Content-Lengths that disagree",
+            http(
+                addr,
+                "POST",
+                "/publish?channel=c",
+                &[("Content-Length", "1"), ("Content-Length", "2")],
+                b"xy",
+            ),
+            "Content-Length",
+        ),
     ];
     for (what, response, says) in &cases {
         assert_eq!(response.status, 400, "{what}: {response:?}");
