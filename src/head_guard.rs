@@ -560,9 +560,9 @@ impl Cycle {
     }
 
     /// One read of the socket table, closing the tricklers it finds (and,
-    /// when `count_bytes`, the connections sending an overlong head);
-    /// returns the pause before the next.
-    fn run(&mut self, count_bytes: bool) -> Duration {
+    /// when `count_bytes`, the connections sending an overlong head); sets
+    /// the pause before the next.
+    fn run(&mut self, count_bytes: bool) {
         let now = Instant::now();
         let read_any =
             (self.netlink && self.list_through_netlink(now, count_bytes)) || self.list_from_tables(now);
@@ -574,40 +574,41 @@ impl Cycle {
                 self.warned = true;
             }
             self.log.take();
-            return self.pause;
+            return;
         }
         let log = &self.log;
-        let tricklers = self.tracker.end_read(now, log.take(), |peer| log.is_stream(peer));
+        let mut tricklers = self.tracker.end_read(now, log.take(), |peer| log.is_stream(peer));
         let overlong = self.tracker.overlong_heads(now, self.head_bytes);
         self.pause = PERIOD.max(now.elapsed() * CPU_SHARE);
-        if !overlong.is_empty() {
-            for cut in shut_down(&overlong, self.port) {
-                self.tracker.forget(cut.inode);
+        tricklers.retain(|t| !overlong.contains(t));
+        if tricklers.is_empty() && overlong.is_empty() {
+            return;
+        }
+        // One pass over the descriptors for both kinds.
+        let wanted: Vec<Seen> = overlong.iter().chain(&tricklers).copied().collect();
+        let closed = shut_down(&wanted, self.port);
+        for cut in overlong.iter().filter(|o| closed.contains(o)) {
+            self.tracker.forget(cut.inode);
+            log::warn!(
+                "closed a connection that sent over {} bytes without a complete request head: peer={}",
+                self.head_bytes,
+                cut.peer
+            );
+        }
+        for trickler in &tricklers {
+            if closed.contains(trickler) {
+                self.tracker.forget(trickler.inode);
                 log::warn!(
-                    "closed a connection that sent over {} bytes without a complete request head: peer={}",
-                    self.head_bytes,
-                    cut.peer
+                    "closed a connection that sent no complete request head in time ({} s; {} s after a previous request): peer={}",
+                    HEAD_DEADLINE.as_secs(),
+                    NEXT_HEAD_DEADLINE.as_secs(),
+                    trickler.peer
                 );
+            } else {
+                // Not (or no longer) one of ours.
+                self.tracker.exempt(trickler.inode);
             }
         }
-        if !tricklers.is_empty() {
-            let closed = shut_down(&tricklers, self.port);
-            for trickler in &tricklers {
-                if closed.contains(trickler) {
-                    self.tracker.forget(trickler.inode);
-                    log::warn!(
-                        "closed a connection that sent no complete request head in time ({} s; {} s after a previous request): peer={}",
-                        HEAD_DEADLINE.as_secs(),
-                        NEXT_HEAD_DEADLINE.as_secs(),
-                        trickler.peer
-                    );
-                } else {
-                    // Not (or no longer) one of ours.
-                    self.tracker.exempt(trickler.inode);
-                }
-            }
-        }
-        self.pause
     }
 }
 
@@ -1061,11 +1062,11 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let never = Seen {
             inode: 1,
-            peer: "127.0.0.1:1001".parse().unwrap(),
+            peer: addr("127.0.0.1:1001"),
         };
         let kept = Seen {
             inode: 2,
-            peer: "127.0.0.1:1002".parse().unwrap(),
+            peer: addr("127.0.0.1:1002"),
         };
         let no_streams = |_| false;
         let mut tracker = Tracker::default();
