@@ -251,7 +251,10 @@ impl Server {
                 ),
             );
         }
-        if let Ok((open_files, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .ok()
+            .map(|(soft, _)| soft);
+        if let Some(open_files) = open_files {
             lower_max_connections(
                 &mut config,
                 streams_allowed_by_open_files(open_files),
@@ -267,8 +270,8 @@ impl Server {
             }
         })?;
         let addr = tcp.local_addr().map_err(StartError::Thread)?;
-        let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft);
-        let descriptors = (config.max_connections as u64 + DESCRIPTOR_HEADROOM).min(open_files);
+        let descriptors =
+            (config.max_connections as u64 + DESCRIPTOR_HEADROOM).min(open_files.unwrap_or(u64::MAX));
         grow_descriptor_table(&tcp, descriptors);
         let broker = Broker::new(BrokerConfig {
             history: config.history,
