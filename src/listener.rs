@@ -110,8 +110,9 @@ static POOL_THREADS_LOST: AtomicU64 = AtomicU64::new(0);
 /// until some thread runs it; the keep-awake thread then opens connections
 /// that close at once, each of which brings a thread that runs one queued
 /// task, for as long as that keeps making pool threads die.
-pub fn note_pool_thread_lost() {
-    POOL_THREADS_LOST.fetch_add(1, Ordering::Relaxed);
+/// Returns how many have so far.
+pub fn note_pool_thread_lost() -> u64 {
+    POOL_THREADS_LOST.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// The keep-awake request: it is answered, then the connection closes.

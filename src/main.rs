@@ -237,29 +237,27 @@ fn main() -> ExitCode {
 /// with the count since the last (debug level in between); every other
 /// panic keeps the default report.
 fn report_tiny_http_panics_as_warnings() {
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
     use std::time::Instant;
-    static SINCE_REPORT: AtomicU64 = AtomicU64::new(0);
-    static LAST_REPORT: Mutex<Option<Instant>> = Mutex::new(None);
+    /// When the last warning was written, and the count of such panics then.
+    static LAST_REPORT: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| match info.location() {
         Some(at) if is_in_tiny_http(at.file()) => {
-            tinysse::listener::note_pool_thread_lost();
+            let lost = tinysse::listener::note_pool_thread_lost();
             let payload = info.payload();
             let message = payload
                 .downcast_ref::<&str>()
                 .copied()
                 .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("(no message)");
-            let count = SINCE_REPORT.fetch_add(1, Ordering::Relaxed) + 1;
             let mut last = LAST_REPORT.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|at| at.elapsed() < TINY_HTTP_PANIC_REPORT_EVERY) {
+            if last.is_some_and(|(at, _)| at.elapsed() < TINY_HTTP_PANIC_REPORT_EVERY) {
                 log::debug!("a connection ended by a panic inside tiny_http: {message}");
                 return;
             }
-            *last = Some(Instant::now());
-            SINCE_REPORT.store(0, Ordering::Relaxed);
+            let count = lost - last.map_or(0, |(_, then)| then);
+            *last = Some((Instant::now(), lost));
             log::warn!(
                 "{count} connection(s) ended by a panic inside tiny_http since the last such line (a client that reset its connection at once?), the last at {}:{}: {message}",
                 at.file(),
