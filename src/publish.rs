@@ -174,21 +174,18 @@ pub fn is_json(content_type: &str) -> bool {
 pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, PublishError> {
     let mut channel = None;
     let mut event = None;
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        let (field, slot) = match key.as_ref() {
-            "channel" => ("channel", &mut channel),
-            "event" => ("event", &mut event),
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (field, slot) = match query_decode(key).as_slice() {
+            b"channel" => ("channel", &mut channel),
+            b"event" => ("event", &mut event),
             _ => continue,
         };
         if slot.is_some() {
             return Err(PublishError::Repeated(field));
         }
-        *slot = Some(value.into_owned());
-    }
-    for (field, value) in [("channel", &mut channel), ("event", &mut event)] {
-        if value.is_some() {
-            *value = Some(strict_query_value(query, field)?);
-        }
+        let value = String::from_utf8(query_decode(value)).map_err(|_| PublishError::QueryNotUtf8(field))?;
+        *slot = Some(value);
     }
     let text = String::from_utf8(body).map_err(|_| PublishError::NotUtf8)?;
     let data = if json {
@@ -253,18 +250,11 @@ fn compact_json(json: &str) -> String {
     compact
 }
 
-/// The value of `field` in `query`, decoded as `form_urlencoded` does
-/// (`+` is a space, `%XX` a byte) but refusing bytes that are not UTF-8,
-/// which `form_urlencoded` would turn into U+FFFD.
-fn strict_query_value(query: &str, field: &'static str) -> Result<String, PublishError> {
-    let decode =
-        |raw: &str| percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect::<Vec<u8>>();
-    let raw = query
-        .split('&')
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-        .find(|(key, _)| decode(key) == field.as_bytes())
-        .map_or("", |(_, value)| value);
-    String::from_utf8(decode(raw)).map_err(|_| PublishError::QueryNotUtf8(field))
+/// A query key or value decoded as `form_urlencoded` does (`+` is a
+/// space, `%XX` a byte), as bytes: `form_urlencoded` itself would turn
+/// bytes that are not UTF-8 into U+FFFD, where a publish refuses them.
+fn query_decode(raw: &str) -> Vec<u8> {
+    percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect()
 }
 
 fn into_string(value: Value, field: &'static str) -> Result<String, PublishError> {
