@@ -111,6 +111,17 @@ fn unfinished_request_heads_are_closed_while_health_answers() {
     assert_eq!(get(server.addr, "/health").status, 200);
 }
 
+/// Sends `request` on a connection of its own and reads until the server
+/// closes it (at most [`LONG`]); a refused write shows as a short answer.
+fn answer_to(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let _ = s.write_all(request);
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    answer
+}
+
 #[test]
 fn garbage_and_huge_heads_do_not_hurt() {
     let server = TestServer::start(&[]);
@@ -123,11 +134,7 @@ fn garbage_and_huge_heads_do_not_hurt() {
         b"\r\n\r\n\r\n",
     ];
     for i in 0..300 {
-        let mut s = TcpStream::connect(server.addr).expect("connect");
-        let _ = s.write_all(garbage[i % garbage.len()]);
-        let mut answer = Vec::new();
-        s.set_read_timeout(Some(LONG)).unwrap();
-        let _ = s.read_to_end(&mut answer);
+        let answer = answer_to(server.addr, garbage[i % garbage.len()]);
         let text = String::from_utf8_lossy(&answer);
         assert!(
             answer.is_empty() || text.starts_with("HTTP/1.1 4") || text.starts_with("HTTP/1.1 505"),
@@ -135,21 +142,13 @@ fn garbage_and_huge_heads_do_not_hurt() {
         );
     }
     let big = "x".repeat(200 * 1024);
-    let mut s = TcpStream::connect(server.addr).unwrap();
     let request = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
-    let _ = s.write_all(request.as_bytes());
-    let mut answer = Vec::new();
-    s.set_read_timeout(Some(LONG)).unwrap();
-    let _ = s.read_to_end(&mut answer);
+    let answer = answer_to(server.addr, request.as_bytes());
     let text = String::from_utf8_lossy(&answer);
     assert!(answer.is_empty() || text.starts_with("HTTP/1.1 431"), "{text:?}");
     // The method counts too: a 200 KiB one is not echoed in a 405.
-    let mut s = TcpStream::connect(server.addr).unwrap();
     let request = format!("{big} / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let _ = s.write_all(request.as_bytes());
-    let mut answer = Vec::new();
-    s.set_read_timeout(Some(LONG)).unwrap();
-    let _ = s.read_to_end(&mut answer);
+    let answer = answer_to(server.addr, request.as_bytes());
     let text = String::from_utf8_lossy(&answer);
     assert!(
         answer.len() < 1024,
@@ -684,11 +683,7 @@ fn the_head_limit_is_16_kib_to_the_byte() {
         let start = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: ";
         let end = "\r\n\r\n";
         let pad = "a".repeat(size - start.len() - end.len());
-        let mut s = TcpStream::connect(server.addr).unwrap();
-        s.write_all(format!("{start}{pad}{end}").as_bytes()).unwrap();
-        let mut answer = Vec::new();
-        s.set_read_timeout(Some(LONG)).unwrap();
-        let _ = s.read_to_end(&mut answer);
+        let answer = answer_to(server.addr, format!("{start}{pad}{end}").as_bytes());
         String::from_utf8_lossy(&answer)
             .lines()
             .next()

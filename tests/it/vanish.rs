@@ -39,13 +39,7 @@ const SLACK: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_vanished_client_is_dropped_within_two_pings_and_the_write_timeout() {
-    if let Some(reason) = why_no_network_namespace() {
-        // CI (`.ci/run`) sets this: there the test must run.
-        assert!(
-            std::env::var_os("TINYSSE_REQUIRE_NETNS").is_none(),
-            "TINYSSE_REQUIRE_NETNS is set but {reason}"
-        );
-        println!("skipped: {reason}");
+    if !network_namespaces_here() {
         return;
     }
     let test_binary = std::env::current_exe().expect("the test binary's path");
@@ -85,6 +79,21 @@ fn unshare() -> Command {
     let mut command = Command::new("unshare");
     command.args(["--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]);
     command
+}
+
+/// True where the namespaces can be made; else says the test skipped and
+/// returns false, unless CI (`.ci/run`) sets `TINYSSE_REQUIRE_NETNS`:
+/// there the test must run, and this fails.
+fn network_namespaces_here() -> bool {
+    let Some(reason) = why_no_network_namespace() else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("TINYSSE_REQUIRE_NETNS").is_none(),
+        "TINYSSE_REQUIRE_NETNS is set but {reason}"
+    );
+    println!("skipped: {reason}");
+    false
 }
 
 /// Why this process cannot make the namespaces and set their loopback up,
@@ -181,12 +190,7 @@ fn sigterm_exits_within_2s_when_the_server_cannot_reach_its_own_address() {
     // In a network namespace of its own, the server's interface goes down
     // under it: tiny_http's server, when dropped, connects to its own
     // address with no timeout.
-    if let Some(reason) = why_no_network_namespace() {
-        assert!(
-            std::env::var_os("TINYSSE_REQUIRE_NETNS").is_none(),
-            "TINYSSE_REQUIRE_NETNS is set but {reason}"
-        );
-        println!("skipped: {reason}");
+    if !network_namespaces_here() {
         return;
     }
     let script = r#"
