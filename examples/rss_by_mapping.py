@@ -19,8 +19,9 @@ library only; the streams are closed when it exits.
 
 import argparse
 import collections
-import socket
 import time
+
+from hold_streams import open_streams
 
 ARENA_ALIGN = 64 << 20
 
@@ -76,21 +77,7 @@ def main():
     args = parser.parse_args()
 
     before_total, before = rss_kib(args.pid), rss_by_kind(args.pid)
-    request = b"GET /events?channel=rss HTTP/1.1\r\nHost: localhost\r\n\r\n"
-    streams = []
-    start = time.monotonic()
-    for n in range(args.streams):
-        stream = socket.create_connection(("127.0.0.1", args.port), timeout=10)
-        stream.sendall(request)
-        streams.append(stream)
-        if args.rate > 0:
-            ahead = start + (n + 1) / args.rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        elif n % 200 == 199:
-            time.sleep(args.pause)
-    for stream in streams:
-        stream.recv(4096)  # the response head: the stream is open
+    streams = open_streams(args.port, args.streams, "rss", rate=args.rate, pause=args.pause)
     time.sleep(args.settle)
     after_total, after = rss_kib(args.pid), rss_by_kind(args.pid)
 

@@ -16,8 +16,9 @@ clock). Standard library only; the streams are closed when it exits.
 import argparse
 import collections
 import os
-import socket
 import time
+
+from hold_streams import open_streams
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
@@ -50,18 +51,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
 
-    request = b"GET /events?channel=cpu HTTP/1.1\r\nHost: localhost\r\n\r\n"
-    streams = []
-    start = time.monotonic()
-    for n in range(args.streams):
-        stream = socket.create_connection(("127.0.0.1", args.port), timeout=10)
-        stream.sendall(request)
-        streams.append(stream)
-        ahead = start + (n + 1) / args.rate - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
-    for stream in streams:
-        stream.recv(4096)  # the response head: the stream is open
+    streams = open_streams(args.port, args.streams, "cpu", rate=args.rate)
     time.sleep(args.settle)
 
     before, process_before = by_thread(args.pid), cpu_ticks(f"/proc/{args.pid}/stat")
