@@ -465,7 +465,7 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
     log_opened(app, peer, demo, &source);
     let mut stream = Stream::new(writer, Arc::clone(&app.stats));
     let reason = catch_unwind(AssertUnwindSafe(|| {
-        stream.run(http10, &mut source, &app.stream_settings, &app.shutdown_rx)
+        stream.run(http10, peer, &mut source, &app.stream_settings, &app.shutdown_rx)
     }))
     .unwrap_or_else(|_| {
         log::error!("stream of {} panicked; closing it", peer_text(peer));

@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod acceptor;
+pub mod ack_watch;
 pub mod broker;
 pub mod config;
 pub mod event;

@@ -23,15 +23,12 @@
 //!   that long: a live client that stops reading is dropped even if no
 //!   write of ours blocks), and the stream's next write fails.
 //!
-//! The stream learns of the drop only at that next write: it holds
-//! tiny_http's writer, not the socket, so it cannot wait on the socket's
-//! state, and it must not write anything but events and pings. For a
-//! vanished client with ping interval `P` and write timeout `W`, the first
-//! write after it vanished (the next ping, at most `P` later) waits `W` for
-//! an acknowledgement, and the ping after that fails: the stream ends at most
-//! `P * (floor(W / P) + 2)` after the client vanished, which lies between
-//! `W + P` and `W + 2 P` (30 s with the defaults; events written meanwhile
-//! can only make it sooner). See the README, "Disconnects".
+//! The stream would learn of the drop only at its next write, one ping
+//! interval later: it holds tiny_http's writer, not the socket. So it also
+//! asks the kernel, a write timeout after each ping, whether the client
+//! acknowledged it (`src/ack_watch.rs`): a vanished client's stream ends at
+//! most a ping interval plus the write timeout after it vanished. See the
+//! README, "Disconnects".
 //!
 //! The catch: `accept()` obeys the read timeout too, and tiny_http's acceptor
 //! thread ends on that error. [`KeepAwake`] connects to the listener more

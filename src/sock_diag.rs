@@ -15,6 +15,11 @@
 //! and a closing `NLMSG_DONE`. Asked for, each socket's `inet_diag_msg` is
 //! followed by its `struct tcp_info` (`INET_DIAG_INFO`, ~4 times the bytes),
 //! of which only the count of bytes received is read.
+//!
+//! A stream asks about its own connection alone ([`bytes_acknowledged`]):
+//! a request naming the connection's addresses, answered with that one
+//! socket's `inet_diag_msg` and `tcp_info`, whose count of bytes the peer
+//! acknowledged is read, or with `ENOENT` once the kernel has let go of it.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -46,6 +51,15 @@ const INET_DIAG_INFO: u16 = 2;
 /// Where `tcpi_bytes_received` (a `u64`, Linux 4.1 and later) sits in
 /// `struct tcp_info`.
 const TCP_INFO_BYTES_RECEIVED: usize = 128;
+/// Where `tcpi_bytes_acked` (a `u64`, Linux 4.1 and later) sits in
+/// `struct tcp_info`.
+const TCP_INFO_BYTES_ACKED: usize = 120;
+/// `TCP_LISTEN`: what a lookup finds when no connection has the addresses
+/// but a listening socket has the local one (the kernel looks up a
+/// connection as it does for an arriving packet).
+const TCP_LISTEN: u8 = 10;
+/// `INET_DIAG_NOCOOKIE`: a lookup by addresses, whatever the socket's cookie.
+const NO_COOKIE: u32 = u32::MAX;
 
 /// How long a reply may take before the dump is given up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,14 +80,7 @@ pub fn established(
     bytes_received: bool,
     mut each: impl FnMut(Seen, Option<u64>),
 ) -> io::Result<()> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkSockDiag,
-    )?;
-    let timeout = TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
-    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
+    let fd = diag_socket()?;
     let kernel = NetlinkAddr::new(0, 0);
     let mut buffer = vec![0u8; 32 * 1024];
     for (seq, family) in [(1u32, AF_INET), (2, AF_INET6)] {
@@ -96,6 +103,44 @@ pub fn established(
         }
     }
     Ok(())
+}
+
+/// How many bytes the peer of the TCP connection from `local` to `peer` has
+/// acknowledged (`tcpi_bytes_acked`); `Ok(None)` when the kernel has no such
+/// connection: it was closed, reset, or aborted for want of
+/// acknowledgements (`TCP_USER_TIMEOUT`). Both addresses of the same family.
+///
+/// # Errors
+/// When netlink socket diagnostics cannot be used, the addresses are of two
+/// families, or the reply is not about that connection.
+pub fn bytes_acknowledged(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>> {
+    let request = lookup_request(local, peer, 1)?;
+    let fd = diag_socket()?;
+    sendto(
+        fd.as_raw_fd(),
+        &request,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )?;
+    // One socket's message: 72 bytes, its tcp_info (~250) and a few small
+    // attributes the kernel adds.
+    let mut buffer = vec![0u8; 2048];
+    let n = recv(fd.as_raw_fd(), &mut buffer, MsgFlags::empty())?;
+    parse_lookup_reply(&buffer[..n], 1, peer.port())
+}
+
+/// A netlink socket for socket diagnostics, its replies awaited at most
+/// [`REPLY_TIMEOUT`].
+fn diag_socket() -> io::Result<std::os::fd::OwnedFd> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?;
+    let timeout = TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
+    Ok(fd)
 }
 
 /// True for a failure that may not happen again (no descriptor or buffer
@@ -135,6 +180,89 @@ fn request(family: u8, seq: u32, info: bool) -> Vec<u8> {
     message
 }
 
+/// A request for the one TCP socket from `local` to `peer`, with its
+/// `tcp_info`.
+fn lookup_request(local: SocketAddr, peer: SocketAddr, seq: u32) -> io::Result<Vec<u8>> {
+    let (family, local_ip, peer_ip) = match (local.ip(), peer.ip()) {
+        (IpAddr::V4(l), IpAddr::V4(p)) => (AF_INET, l.octets().to_vec(), p.octets().to_vec()),
+        (IpAddr::V6(l), IpAddr::V6(p)) => (AF_INET6, l.octets().to_vec(), p.octets().to_vec()),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "sock_diag: local and peer addresses of two families",
+            ))
+        }
+    };
+    let length = NLMSG_HEADER + 56;
+    let mut message = Vec::with_capacity(length);
+    message.extend_from_slice(&(length as u32).to_ne_bytes());
+    message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    message.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    message.extend_from_slice(&seq.to_ne_bytes());
+    message.extend_from_slice(&0u32.to_ne_bytes());
+    // struct inet_diag_req_v2, its inet_diag_sockid naming the connection
+    // from the socket's side: source = local, destination = peer, each
+    // address in 16 bytes, ports in network order; any interface; no cookie.
+    message.extend_from_slice(&[family, IPPROTO_TCP, 1u8 << (INET_DIAG_INFO - 1), 0]);
+    message.extend_from_slice(&u32::MAX.to_ne_bytes());
+    message.extend_from_slice(&local.port().to_be_bytes());
+    message.extend_from_slice(&peer.port().to_be_bytes());
+    for ip in [local_ip, peer_ip] {
+        let mut field = [0u8; 16];
+        field[..ip.len()].copy_from_slice(&ip);
+        message.extend_from_slice(&field);
+    }
+    message.extend_from_slice(&0u32.to_ne_bytes());
+    message.extend_from_slice(&NO_COOKIE.to_ne_bytes());
+    message.extend_from_slice(&NO_COOKIE.to_ne_bytes());
+    debug_assert_eq!(message.len(), length);
+    Ok(message)
+}
+
+/// The reply to [`lookup_request`]: the bytes acknowledged, `None` for
+/// `ENOENT`.
+fn parse_lookup_reply(datagram: &[u8], seq: u32, peer_port: u16) -> io::Result<Option<u64>> {
+    let unexpected = |what: &str| Err(io::Error::other(format!("sock_diag lookup: {what}")));
+    if datagram.len() < NLMSG_HEADER {
+        return unexpected("truncated reply");
+    }
+    let length = u32_at(datagram, 0) as usize;
+    if length < NLMSG_HEADER || length > datagram.len() {
+        return unexpected("truncated message");
+    }
+    if u32_at(datagram, 8) != seq {
+        return unexpected("reply to another request");
+    }
+    let payload = &datagram[NLMSG_HEADER..length];
+    match u16::from_ne_bytes([datagram[4], datagram[5]]) {
+        NLMSG_ERROR => {
+            let errno = payload
+                .get(..4)
+                .map_or(0, |b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            if errno == nix::libc::ENOENT {
+                Ok(None)
+            } else {
+                Err(io::Error::from_raw_os_error(errno))
+            }
+        }
+        SOCK_DIAG_BY_FAMILY if payload.len() >= DIAG_MSG => {
+            let state = payload[1];
+            let found_peer_port = u16::from_be_bytes([payload[6], payload[7]]);
+            if state == TCP_LISTEN {
+                return Ok(None);
+            }
+            if found_peer_port != peer_port {
+                return unexpected("another connection found");
+            }
+            match tcp_info_u64(&payload[DIAG_MSG..], TCP_INFO_BYTES_ACKED) {
+                Some(acked) => Ok(Some(acked)),
+                None => unexpected("no tcp_info (kernel before 4.1?)"),
+            }
+        }
+        _ => unexpected("unexpected message"),
+    }
+}
+
 /// Reads the messages of one reply datagram: each socket whose local port
 /// is `port` goes to `each`. True once the dump's end came.
 fn parse_datagram(
@@ -161,7 +289,7 @@ fn parse_datagram(
                 }
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(seen) = parse_socket(payload, port) {
-                        each(seen, bytes_received(&payload[DIAG_MSG..]));
+                        each(seen, tcp_info_u64(&payload[DIAG_MSG..], TCP_INFO_BYTES_RECEIVED));
                     }
                 }
                 _ => {}
@@ -202,9 +330,9 @@ fn parse_socket(message: &[u8], port: u16) -> Option<Seen> {
     })
 }
 
-/// `tcpi_bytes_received` from the attributes that follow an
+/// The `u64` at `offset` of the `tcp_info` in the attributes that follow an
 /// `inet_diag_msg`, if its `tcp_info` is there and long enough.
-fn bytes_received(mut attributes: &[u8]) -> Option<u64> {
+fn tcp_info_u64(mut attributes: &[u8], offset: usize) -> Option<u64> {
     // Each attribute: length (header included) and type, 2 bytes each,
     // then its payload, padded to 4 bytes.
     while attributes.len() >= 4 {
@@ -215,7 +343,7 @@ fn bytes_received(mut attributes: &[u8]) -> Option<u64> {
         }
         if kind == INET_DIAG_INFO {
             let info = &attributes[4..length];
-            let field = info.get(TCP_INFO_BYTES_RECEIVED..TCP_INFO_BYTES_RECEIVED + 8)?;
+            let field = info.get(offset..offset + 8)?;
             return Some(u64::from_ne_bytes(field.try_into().ok()?));
         }
         attributes = attributes.get((length + 3) & !3..).unwrap_or(&[]);
@@ -360,6 +488,97 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_finds_the_bytes_a_peer_acknowledged_and_then_no_connection() {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(local).unwrap();
+        let (mut server_side, peer) = listener.accept().unwrap();
+        server_side.write_all(&[b'x'; 5000]).unwrap();
+        client.read_exact(&mut [0u8; 5000]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let acknowledged = loop {
+            let found = match bytes_acknowledged(local, peer) {
+                Ok(found) => found,
+                Err(e) => {
+                    eprintln!("sock_diag unavailable here ({e}): skipped");
+                    return;
+                }
+            };
+            if found == Some(5000) || std::time::Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(acknowledged, Some(5000));
+        let elsewhere = SocketAddr::new(peer.ip(), peer.port().wrapping_add(1).max(1));
+        assert_eq!(
+            bytes_acknowledged(local, elsewhere).unwrap(),
+            None,
+            "another peer port: not this connection, nor the listener"
+        );
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        assert!(bytes_acknowledged(local, v6).is_err(), "two families");
+        drop(client);
+        drop(server_side);
+        // The server's side, closed after its peer, goes at once.
+        let gone = (0..1000).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            bytes_acknowledged(local, peer).unwrap().is_none()
+        });
+        assert!(gone, "a closed connection is not found");
+    }
+
+    #[test]
+    fn a_lookup_reply_is_the_acknowledged_count_or_no_connection() {
+        let reply = |kind: u16, seq: u32, payload: &[u8]| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&((NLMSG_HEADER + payload.len()) as u32).to_ne_bytes());
+            m.extend_from_slice(&kind.to_ne_bytes());
+            m.extend_from_slice(&0u16.to_ne_bytes());
+            m.extend_from_slice(&seq.to_ne_bytes());
+            m.extend_from_slice(&0u32.to_ne_bytes());
+            m.extend_from_slice(payload);
+            m
+        };
+        let socket = |state: u8, peer_port: u16, acked: Option<u64>| {
+            let mut s = vec![0u8; DIAG_MSG];
+            s[0] = AF_INET;
+            s[1] = state;
+            s[6..8].copy_from_slice(&peer_port.to_be_bytes());
+            if let Some(acked) = acked {
+                let mut info = vec![0u8; 232];
+                info[TCP_INFO_BYTES_ACKED..TCP_INFO_BYTES_ACKED + 8].copy_from_slice(&acked.to_ne_bytes());
+                s.extend_from_slice(&((4 + info.len()) as u16).to_ne_bytes());
+                s.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
+                s.extend(info);
+            }
+            s
+        };
+        let found = reply(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5000, Some(777)));
+        assert_eq!(parse_lookup_reply(&found, 1, 5000).unwrap(), Some(777));
+        let no_such = reply(NLMSG_ERROR, 1, &(-nix::libc::ENOENT).to_ne_bytes());
+        assert_eq!(parse_lookup_reply(&no_such, 1, 5000).unwrap(), None);
+        let refused = reply(NLMSG_ERROR, 1, &(-nix::libc::EPERM).to_ne_bytes());
+        assert!(parse_lookup_reply(&refused, 1, 5000).is_err());
+        let listener = reply(SOCK_DIAG_BY_FAMILY, 1, &socket(TCP_LISTEN, 0, Some(0)));
+        assert_eq!(
+            parse_lookup_reply(&listener, 1, 5000).unwrap(),
+            None,
+            "the listener: no such connection"
+        );
+        let other = reply(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5001, Some(777)));
+        assert!(parse_lookup_reply(&other, 1, 5000).is_err(), "another connection");
+        let no_info = reply(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5000, None));
+        assert!(parse_lookup_reply(&no_info, 1, 5000).is_err());
+        assert!(
+            parse_lookup_reply(&found, 2, 5000).is_err(),
+            "another request's reply"
+        );
+        assert!(parse_lookup_reply(&found[..20], 1, 5000).is_err(), "truncated");
+    }
+
+    #[test]
     fn reads_the_bytes_received_from_the_tcp_info_attribute() {
         let attribute = |kind: u16, payload: &[u8]| {
             let mut a = Vec::new();
@@ -375,13 +594,17 @@ mod tests {
         info[TCP_INFO_BYTES_RECEIVED..TCP_INFO_BYTES_RECEIVED + 8].copy_from_slice(&123_456u64.to_ne_bytes());
         let mut attributes = attribute(1, &[7, 7, 7]);
         attributes.extend(attribute(INET_DIAG_INFO, &info));
-        assert_eq!(bytes_received(&attributes), Some(123_456));
+        assert_eq!(tcp_info_u64(&attributes, TCP_INFO_BYTES_RECEIVED), Some(123_456));
         assert_eq!(
-            bytes_received(&attribute(INET_DIAG_INFO, &info[..100])),
+            tcp_info_u64(&attribute(INET_DIAG_INFO, &info[..100]), TCP_INFO_BYTES_RECEIVED),
             None,
             "too old a kernel"
         );
-        assert_eq!(bytes_received(&attribute(1, &info)), None);
-        assert_eq!(bytes_received(&attributes[..6]), None, "truncated");
+        assert_eq!(tcp_info_u64(&attribute(1, &info), TCP_INFO_BYTES_RECEIVED), None);
+        assert_eq!(
+            tcp_info_u64(&attributes[..6], TCP_INFO_BYTES_RECEIVED),
+            None,
+            "truncated"
+        );
     }
 }

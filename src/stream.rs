@@ -13,11 +13,13 @@
 //! connection closes, which HTTP/1.0 and 1.1 clients both accept.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{never, select, tick, Receiver};
+use crossbeam_channel::{at, never, select, tick, Receiver};
 
+use crate::ack_watch::AckWatch;
 use crate::broker::{Event, Lagged, Subscription};
 use crate::event;
 use crate::stats::{CloseReason, Stats};
@@ -56,6 +58,10 @@ pub struct StreamSettings {
     pub retry: Option<u64>,
     /// `Access-Control-Allow-Origin` value.
     pub cors_origin: Option<String>,
+    /// How long a write may wait, and its bytes go unacknowledged.
+    pub write_timeout: Duration,
+    /// The address the server listens on, for [`AckWatch`].
+    pub bound: Option<std::net::SocketAddr>,
 }
 
 /// The response head of every stream.
@@ -100,6 +106,8 @@ pub fn ping_text(now: time::OffsetDateTime) -> String {
 pub struct Stream {
     writer: Box<dyn Write + Send>,
     stats: Arc<Stats>,
+    /// Bytes written so far, head included.
+    bytes_written: u64,
     /// Events written so far.
     pub events_written: u64,
 }
@@ -110,13 +118,16 @@ impl Stream {
         Stream {
             writer,
             stats,
+            bytes_written: 0,
             events_written: 0,
         }
     }
 
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.writer.write_all(bytes)?;
-        self.writer.flush()
+        self.writer.flush()?;
+        self.bytes_written += bytes.len() as u64;
+        Ok(())
     }
 
     fn send_events(&mut self, events: &[Arc<Event>]) -> io::Result<()> {
@@ -127,6 +138,7 @@ impl Stream {
         // gathers small ones, big ones pass straight through.
         for e in events {
             self.writer.write_all(&e.bytes)?;
+            self.bytes_written += e.bytes.len() as u64;
         }
         self.writer.flush()?;
         self.events_written += events.len() as u64;
@@ -135,14 +147,23 @@ impl Stream {
     }
 
     /// Writes the head and runs the stream until it ends; returns why.
+    /// Writes the head and runs the stream until it ends; returns why.
+    /// `peer` is the client's address, for the check that it acknowledges
+    /// what it is sent ([`AckWatch`]).
+    #[inline(never)]
     pub fn run(
         &mut self,
         http10: bool,
+        peer: Option<SocketAddr>,
         source: &mut Source,
         settings: &StreamSettings,
         shutdown_rx: &Receiver<()>,
     ) -> CloseReason {
-        match self.serve(http10, source, settings, shutdown_rx) {
+        // Made here, not kept in `Stream`: the frame that holds a `Stream`
+        // also holds the subscribing that comes before, the deepest any
+        // stream goes, and every stack page it reaches stays resident.
+        let mut ack = AckWatch::new(settings.bound, peer, settings.write_timeout);
+        match self.serve(http10, &mut ack, source, settings, shutdown_rx) {
             Ok(reason) => reason,
             // A client that stops reading makes a write block until the
             // write timeout, and falls behind meanwhile: it was dropped for
@@ -161,6 +182,7 @@ impl Stream {
     fn serve(
         &mut self,
         http10: bool,
+        ack: &mut AckWatch,
         source: &mut Source,
         settings: &StreamSettings,
         shutdown_rx: &Receiver<()>,
@@ -182,14 +204,18 @@ impl Stream {
                 let mut next_id = *first_id;
                 self.send_demo_event(next_id)?;
                 loop {
+                    // A pending check of the client's acknowledgements has
+                    // a timer of its own (demo streams are few).
+                    let check = ack.due().map_or_else(never, at);
                     select! {
+                        recv(check) -> _ => ack.check(Instant::now())?,
                         recv(ticker) -> _ => {
                             // After the largest id, the count starts again
                             // at 1 rather than wrapping to 0.
                             next_id = next_id.checked_add(1).unwrap_or(1);
                             self.send_demo_event(next_id)?;
                         }
-                        recv(ping) -> _ => self.send_ping()?,
+                        recv(ping) -> _ => self.send_ping(ack)?,
                         recv(shutdown_rx) -> _ => return Ok(CloseReason::Shutdown),
                     }
                 }
@@ -202,7 +228,10 @@ impl Stream {
                 // the broker's ping clock wakes the thread for them (a wait
                 // with a timeout would arm a kernel timer per event).
                 let mut next_ping = Instant::now() + settings.ping_interval;
-                subscription.ping_at(next_ping);
+                // When the thread must wake without an event: the next ping
+                // or, before it, a check of the client's acknowledgements.
+                let mut wake_at = next_ping;
+                subscription.ping_at(wake_at);
                 subscription.names().for_each(crate::fault::panic_if_requested);
                 loop {
                     // Closed before the drain: the drain then has every event
@@ -217,10 +246,16 @@ impl Stream {
                     if closing {
                         return Ok(CloseReason::Shutdown);
                     }
-                    if Instant::now() >= next_ping {
-                        self.send_ping()?;
-                        next_ping = Instant::now() + settings.ping_interval;
-                        subscription.ping_at(next_ping);
+                    let now = Instant::now();
+                    if now >= next_ping {
+                        self.send_ping(ack)?;
+                        next_ping = now + settings.ping_interval;
+                    }
+                    ack.check(now)?;
+                    let wake = ack.due().map_or(next_ping, |due| due.min(next_ping));
+                    if wake != wake_at {
+                        wake_at = wake;
+                        subscription.ping_at(wake_at);
                     }
                     subscription.wait_for_wake();
                 }
@@ -237,10 +272,12 @@ impl Stream {
         Ok(())
     }
 
-    fn send_ping(&mut self) -> io::Result<()> {
+    fn send_ping(&mut self, ack: &mut AckWatch) -> io::Result<()> {
         self.send(&event::encode_comment(
             &ping_text(time::OffsetDateTime::now_utc()),
-        ))
+        ))?;
+        ack.pinged(Instant::now(), self.bytes_written);
+        Ok(())
     }
 }
 
@@ -298,12 +335,15 @@ mod tests {
             ping_interval: Duration::from_secs(60),
             retry: None,
             cors_origin: None,
+            write_timeout: Duration::from_secs(1),
+            bound: None,
         };
         let (_shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
         let run = |subscription| {
             let mut stream = Stream::new(Box::new(Stalled), Arc::new(Stats::default()));
             stream.run(
                 false,
+                None,
                 &mut Source::Channels(subscription),
                 &settings,
                 &shutdown_rx,
