@@ -23,7 +23,8 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -114,24 +115,57 @@ pub fn established(
 /// When netlink socket diagnostics cannot be used, the addresses are of two
 /// families, or the reply is not about that connection.
 pub fn bytes_acknowledged(local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>> {
-    let request = lookup_request(local, peer, 1)?;
-    let fd = diag_socket()?;
-    sendto(
-        fd.as_raw_fd(),
-        &request,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )?;
-    // One socket's message: 72 bytes, its tcp_info (~250) and a few small
-    // attributes the kernel adds.
-    let mut buffer = vec![0u8; 2048];
-    let n = recv(fd.as_raw_fd(), &mut buffer, MsgFlags::empty())?;
-    parse_lookup_reply(&buffer[..n], 1, peer.port())
+    let mut shared = LOOKUP.lock().unwrap_or_else(|p| p.into_inner());
+    let lookup = match &mut *shared {
+        Some(lookup) => lookup,
+        empty => empty.insert(Lookup {
+            fd: diag_socket()?,
+            seq: 0,
+            buffer: vec![0u8; 2048],
+        }),
+    };
+    let result = lookup.ask(local, peer);
+    if result.is_err() {
+        // A fresh socket next time: no reply of this one is left to come.
+        *shared = None;
+    }
+    result
+}
+
+/// The netlink socket of every [`bytes_acknowledged`], which the streams
+/// take in turns: one socket, not one per lookup (a socket, its option and
+/// its close were most of a lookup's cost).
+static LOOKUP: Mutex<Option<Lookup>> = Mutex::new(None);
+
+/// A netlink socket for lookups, with the last request's sequence number
+/// and a buffer for the reply.
+struct Lookup {
+    fd: OwnedFd,
+    seq: u32,
+    buffer: Vec<u8>,
+}
+
+impl Lookup {
+    fn ask(&mut self, local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = lookup_request(local, peer, self.seq)?;
+        sendto(
+            self.fd.as_raw_fd(),
+            &request,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )?;
+        // One socket's message: 72 bytes, its tcp_info (~250) and a few
+        // small attributes the kernel adds. The socket is fresh after any
+        // failure, so no earlier reply can come first.
+        let n = recv(self.fd.as_raw_fd(), &mut self.buffer, MsgFlags::empty())?;
+        parse_lookup_reply(&self.buffer[..n], self.seq, peer.port())
+    }
 }
 
 /// A netlink socket for socket diagnostics, its replies awaited at most
 /// [`REPLY_TIMEOUT`].
-fn diag_socket() -> io::Result<std::os::fd::OwnedFd> {
+fn diag_socket() -> io::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Datagram,
