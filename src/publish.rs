@@ -5,7 +5,10 @@ use std::fmt;
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use std::collections::HashMap;
+
+use serde_json::error::Category;
+use serde_json::value::RawValue;
 
 use crate::broker::DEFAULT_CHANNEL;
 
@@ -189,22 +192,29 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
     }
     let text = String::from_utf8(body).map_err(|_| PublishError::NotUtf8)?;
     let data = if json {
-        let value: Value = serde_json::from_str(&text).map_err(|e| PublishError::BadJson(e.to_string()))?;
-        let Value::Object(mut object) = value else {
-            return Err(PublishError::NotAnObject);
-        };
+        // One pass over the body: each member kept as its own text.
+        let mut object: HashMap<String, Box<RawValue>> = serde_json::from_str(&text).map_err(|e| {
+            if e.classify() == Category::Data {
+                // Valid JSON, but not an object.
+                PublishError::NotAnObject
+            } else {
+                PublishError::BadJson(e.to_string())
+            }
+        })?;
         if let Some(v) = object.remove("channel") {
-            channel = Some(into_string(v, "channel")?);
+            channel = Some(string_member(&v, "channel")?);
         }
         if let Some(v) = object.remove("event") {
-            event = match v {
-                Value::Null => None,
-                v => Some(into_string(v, "event")?),
+            event = match v.get() {
+                "null" => None,
+                _ => Some(string_member(&v, "event")?),
             };
         }
         match object.remove("data") {
-            Some(Value::String(s)) => s,
-            Some(_) => compact_data_text(&text)?,
+            Some(v) if v.get().starts_with('"') => string_member(&v, "data")?,
+            // Not re-serialized: that would sort object keys and round
+            // numbers past 64 bits.
+            Some(v) => compact_json(v.get()),
             None => return Err(PublishError::MissingData),
         }
     } else {
@@ -217,18 +227,8 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
     })
 }
 
-/// The text of the `data` member of the JSON object `body`, as the
-/// publisher wrote it (key order, number digits) without the whitespace
-/// between tokens. Re-serializing the parsed value would sort object keys
-/// and round numbers past 64 bits.
-fn compact_data_text(body: &str) -> Result<String, PublishError> {
-    let members: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
-        serde_json::from_str(body).map_err(|e| PublishError::BadJson(e.to_string()))?;
-    let raw = members.get("data").ok_or(PublishError::MissingData)?.get();
-    Ok(compact_json(raw))
-}
-
-/// `json` (valid JSON) without whitespace outside strings.
+/// `json` (valid JSON) without whitespace outside strings: a non-string
+/// `data` as the publisher wrote it (key order, number digits).
 fn compact_json(json: &str) -> String {
     let mut compact = String::with_capacity(json.len());
     let (mut in_string, mut escaped) = (false, false);
@@ -257,11 +257,9 @@ fn query_decode(raw: &str) -> Vec<u8> {
     percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect()
 }
 
-fn into_string(value: Value, field: &'static str) -> Result<String, PublishError> {
-    match value {
-        Value::String(s) => Ok(s),
-        _ => Err(PublishError::NotAString(field)),
-    }
+/// A member that must be a JSON string, unescaped.
+fn string_member(value: &RawValue, field: &'static str) -> Result<String, PublishError> {
+    serde_json::from_str(value.get()).map_err(|_| PublishError::NotAString(field))
 }
 
 #[cfg(test)]
@@ -392,6 +390,29 @@ mod tests {
             parse("", false, vec![0xff, 0xfe]),
             Err(PublishError::NotUtf8)
         ));
+        assert!(matches!(
+            parse("", true, br#" "just a string" "#.to_vec()),
+            Err(PublishError::NotAnObject)
+        ));
+        assert!(matches!(
+            parse("", true, br#"{"data":"x","event":3}"#.to_vec()),
+            Err(PublishError::NotAString("event"))
+        ));
+        assert!(matches!(
+            parse("", true, br#"{"data":"x"} trailing"#.to_vec()),
+            Err(PublishError::BadJson(_))
+        ));
+        let r = parse(
+            "event=e",
+            true,
+            br#"{ "data" : "a\nb\u00e9", "event" : null }"#.to_vec(),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.data.as_str(), r.event),
+            ("a\nb\u{e9}", None),
+            "unescaped; null: no name"
+        );
     }
 
     #[test]
