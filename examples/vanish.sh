@@ -29,7 +29,7 @@ for i in $(seq 1 600); do
 done
 LASTPING=$(grep -c ping $D/client.out)
 if [ -n "$CLOSED" ]; then
-  echo "ping=$PING wt=$WT closed_after=$(python3 -c "print(f'{$CLOSED-$DOWN:.2f}')")s pings_received=$LASTPING :: $(grep 'stream closed\|write failed' $D/server.log | sed 's/^.*\] //' | tr '\n' ' ')"
+  echo "ping=$PING wt=$WT closed_after=$(python3 -c "print(f'{$CLOSED-$DOWN:.2f}')")s pings_received=$LASTPING :: $(grep 'stream closed\|stream ended' $D/server.log | sed 's/^.*\] //' | tr '\n' ' ')"
 else
   echo "ping=$PING wt=$WT NOT closed within 12s"
 fi

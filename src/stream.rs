@@ -169,11 +169,11 @@ impl Stream {
             // write timeout, and falls behind meanwhile: it was dropped for
             // being slow, not because it left.
             Err(e) if matches!(source, Source::Channels(s) if s.is_lagged()) => {
-                log::debug!("stream write failed after falling behind: {e}");
+                log::debug!("stream ended after falling behind: {e}");
                 CloseReason::Slow
             }
             Err(e) => {
-                log::debug!("stream write failed: {e}");
+                log::debug!("stream ended, its client gone: {e}");
                 CloseReason::ClientLeft
             }
         }
