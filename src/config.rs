@@ -387,7 +387,12 @@ fn positive_duration(value: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses `500ms`, `15s`, `2m`, `1h`, or a bare number of seconds.
+/// The longest duration any option takes: a year (longer ones overflowed
+/// the clock arithmetic of streams).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `500ms`, `15s`, `2m`, `1h`, or a bare number of seconds, at most
+/// [`MAX_DURATION`].
 ///
 /// # Errors
 /// A message saying what a duration looks like.
@@ -403,6 +408,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.checked_mul(3600).ok_or(HINT)?),
         _ => return Err(HINT.into()),
     };
+    if d > MAX_DURATION {
+        return Err("at most a year (8760h)".into());
+    }
     Ok(d)
 }
 
@@ -544,6 +552,9 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert!(parse_duration("8761h").unwrap_err().contains("at most a year"));
+        assert!(parse_duration("9223372036854775807").is_err());
     }
 
     #[test]

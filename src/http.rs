@@ -195,6 +195,11 @@ fn handle(app: &Arc<App>, request: Request) {
         );
         return answer_error_later(app, request, error);
     }
+    if let Some(peer) = request.remote_addr().copied() {
+        if let Some(error) = framing_error(app, &request, peer) {
+            return answer_error_later(app, request, error);
+        }
+    }
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     match route(request.method(), path, app.config.cors_origin.is_some()) {
@@ -206,6 +211,26 @@ fn handle(app: &Arc<App>, request: Request) {
             });
         }
     }
+}
+
+/// The `400` for a request with ambiguous framing (see `framing`), or for
+/// any later one on its connection, which is then marked and closed.
+fn framing_error(app: &App, request: &Request, peer: SocketAddr) -> Option<ApiError> {
+    if app.marked.is_marked(peer) {
+        return Some(ApiError::new(
+            400,
+            "an earlier request on this connection had ambiguous framing; not served, and the connection is closed",
+        ));
+    }
+    let ambiguity = crate::framing::ambiguity(request.headers())?;
+    app.marked.mark(peer);
+    // Its reader is let go as a stream's is: the connection closes once
+    // the answers are out.
+    app.fresh_streams.push(peer);
+    Some(ApiError::new(
+        400,
+        format!("{ambiguity}; the connection is closed"),
+    ))
 }
 
 /// Runs `job` on a thread of its own, so that the dispatch loop never
@@ -343,21 +368,25 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
 /// Anything but a decimal id is ignored, as if none was sent.
 fn last_event_id(request: &Request, query: &str) -> Option<EventId> {
     let from_header = request_header(request, "Last-Event-ID").map(|v| v.trim().to_string());
-    let raw = from_header.or_else(|| {
+    let from_query = || {
         form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "lastEventId")
             .map(|(_, v)| v.trim().to_string())
-    })?;
-    match raw.parse() {
-        Ok(id) => Some(id),
-        Err(_) => {
-            log::debug!(
-                "ignoring Last-Event-ID '{}': not a decimal id",
-                raw.escape_default()
-            );
-            None
-        }
-    }
+    };
+    // The header first; one that is empty or not an id leaves the query's.
+    [from_header, from_query()]
+        .into_iter()
+        .flatten()
+        .find_map(|raw| match raw.parse() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                log::debug!(
+                    "ignoring Last-Event-ID '{}': not a decimal id",
+                    raw.escape_default()
+                );
+                None
+            }
+        })
 }
 
 /// What a stream's thread is handed once it exists.
@@ -664,25 +693,8 @@ fn publish_request(
         }
     }
     let json = request_header(request, "Content-Type").is_some_and(publish::is_json);
+    // Framing was checked by the dispatcher (`framing_error`).
     let declared = request.body_length();
-    // tiny_http ignores a Content-Length it cannot parse (and reads no body);
-    // a chunked body has none to check.
-    let chunked = request_header(request, "Transfer-Encoding").is_some();
-    if let Some(bad) = request_header(request, "Content-Length").filter(|_| declared.is_none() && !chunked) {
-        return Err(PublishError::BadContentLength(bad.to_string()).into());
-    }
-    // tiny_http frames the body by the first of several Content-Length
-    // headers; a proxy in front may have used another (request smuggling).
-    let mut lengths = request
-        .headers()
-        .iter()
-        .filter(|h| h.field.equiv("Content-Length"))
-        .map(|h| h.value.as_str().trim());
-    if let Some(first) = lengths.next() {
-        if let Some(other) = lengths.find(|v| *v != first) {
-            return Err(PublishError::ConflictingContentLength(format!("{first}, {other}")).into());
-        }
-    }
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);

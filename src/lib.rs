@@ -41,6 +41,7 @@ pub mod broker;
 pub mod config;
 pub mod event;
 pub mod fault;
+pub mod framing;
 pub mod head_guard;
 pub mod http;
 pub mod listener;

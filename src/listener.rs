@@ -138,11 +138,12 @@ pub fn bind(host: &str, port: u16, write_timeout: Duration) -> io::Result<TcpLis
 
 /// `TCP_USER_TIMEOUT` for a write timeout, in milliseconds: at least 1 (0
 /// would mean the kernel's default, about 15 minutes of retransmissions)
-/// and at most `u32::MAX` (49 days).
+/// and at most `i32::MAX` (24.8 days): Linux refuses more (`EINVAL`).
 fn user_timeout_ms(write_timeout: Duration) -> u32 {
+    let most = i32::MAX.unsigned_abs();
     u32::try_from(write_timeout.as_millis())
-        .unwrap_or(u32::MAX)
-        .max(1)
+        .unwrap_or(most)
+        .clamp(1, most)
 }
 
 /// The address to connect to for reaching a listener bound to `bound`
@@ -345,7 +346,8 @@ mod tests {
     fn user_timeout_is_the_write_timeout_within_bounds() {
         assert_eq!(user_timeout_ms(Duration::from_secs(10)), 10_000);
         assert_eq!(user_timeout_ms(Duration::from_micros(10)), 1);
-        assert_eq!(user_timeout_ms(Duration::from_secs(60 * 86_400)), u32::MAX);
+        assert_eq!(user_timeout_ms(Duration::from_secs(60 * 86_400)), i32::MAX as u32);
+        assert_eq!(user_timeout_ms(Duration::from_secs(597 * 3600)), i32::MAX as u32);
     }
 
     #[test]

@@ -52,10 +52,6 @@ pub enum PublishError {
         /// Bytes the `Content-Length` header announced.
         declared: usize,
     },
-    /// A `Content-Length` header that is not a byte count.
-    BadContentLength(String),
-    /// `Content-Length` headers that disagree (the values).
-    ConflictingContentLength(String),
     /// Reading the body failed.
     Io(io::Error),
     /// A query parameter that must come once came more often.
@@ -89,14 +85,7 @@ impl fmt::Display for PublishError {
                 f,
                 "body ended after {received} of the {declared} bytes its Content-Length announced; nothing was published"
             ),
-            PublishError::BadContentLength(value) => write!(
-                f,
-                "Content-Length '{value}' is not a number of bytes"
-            ),
             PublishError::Io(e) => write!(f, "reading the body failed: {e}"),
-            PublishError::ConflictingContentLength(values) => {
-                write!(f, "Content-Length headers disagree ({values}); send one")
-            }
             PublishError::Repeated(field) => write!(
                 f,
                 "'{field}' given more than once: a publish goes to one channel, with one event name"
@@ -259,7 +248,14 @@ fn query_decode(raw: &str) -> Vec<u8> {
 
 /// A member that must be a JSON string, unescaped.
 fn string_member(value: &RawValue, field: &'static str) -> Result<String, PublishError> {
-    serde_json::from_str(value.get()).map_err(|_| PublishError::NotAString(field))
+    serde_json::from_str(value.get()).map_err(|e| {
+        if value.get().starts_with('"') {
+            // A string Rust cannot hold: a lone surrogate escape.
+            PublishError::BadJson(format!("'{field}': {e}"))
+        } else {
+            PublishError::NotAString(field)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -401,6 +397,10 @@ mod tests {
         assert!(matches!(
             parse("", true, br#"{"data":"x"} trailing"#.to_vec()),
             Err(PublishError::BadJson(_))
+        ));
+        assert!(matches!(
+            parse("", true, br#"{"data":"\ud800"}"#.to_vec()),
+            Err(PublishError::BadJson(e)) if e.starts_with("'data'")
         ));
         let r = parse(
             "event=e",

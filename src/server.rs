@@ -141,6 +141,8 @@ pub struct App {
     pub heads: Arc<HeadLog>,
     /// The peers of new streams, whose readers are to be let go.
     pub fresh_streams: Arc<FreshStreams>,
+    /// Connections that sent a request with ambiguous framing.
+    pub marked: crate::framing::MarkedConnections,
     /// Where streams send their closing lines.
     pub stream_log: StreamLog,
     /// Ready (disconnected) once streams must end.
@@ -311,6 +313,7 @@ impl Server {
             stats: Arc::new(Stats::default()),
             heads: Arc::new(HeadLog::default()),
             fresh_streams: Arc::new(FreshStreams::default()),
+            marked: crate::framing::MarkedConnections::default(),
             stream_log: StreamLog::start().map_err(StartError::Thread)?,
             shutdown_rx,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),

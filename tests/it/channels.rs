@@ -293,6 +293,17 @@ fn replay_by_last_event_id_query_parameter() {
 }
 
 #[test]
+fn an_empty_last_event_id_header_leaves_the_query_parameter() {
+    check_replay(|addr, last| {
+        subscribe(
+            addr,
+            &format!("channel=y&channel=x&lastEventId={last}"),
+            &[("Last-Event-ID", "")],
+        )
+    });
+}
+
+#[test]
 fn replay_keeps_the_last_history_events_of_each_channel() {
     let server = TestServer::start(&["--history", "3", "--ping-interval", "1m"]);
     let addr = server.addr;

@@ -460,7 +460,7 @@ fn help_lists_every_option_with_its_default() {
 #[test]
 fn bad_option_values_exit_2_with_a_clear_message() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (
             &["--ping-interval", "5parsecs"],
             &[],
@@ -474,6 +474,11 @@ fn bad_option_values_exit_2_with_a_clear_message() {
             &["TINYSSE_WRITE_TIMEOUT", "soon"],
         ),
         (&["--no-such-option"], &[], &["--no-such-option"]),
+        (
+            &["--ping-interval", "9223372036854775807"],
+            &[],
+            &["--ping-interval", "at most a year"],
+        ),
     ];
     for (args, env, mentions) in cases {
         let mut full = vec!["--port", "0"];

@@ -770,3 +770,44 @@ fn clients_that_reset_at_once_leave_a_quiet_log_and_a_working_server() {
     let released = wait_until(Duration::from_secs(15), || server.fds() <= fds_before + 8);
     assert!(released, "descriptors: {fds_before} before, {} now", server.fds());
 }
+
+#[test]
+fn a_request_smuggled_behind_ambiguous_framing_is_not_served_and_the_connection_closes() {
+    let server = TestServer::start(&[]);
+    let inner = b"POST /publish?channel=smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
+    let lengths = [
+        format!("Content-Length: 0\r\nContent-Length: {}\r\n", inner.len()),
+        "Content-Length: x\r\n".to_string(),
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+            inner.len()
+        ),
+    ];
+    for framing in &lengths {
+        let mut request =
+            format!("POST /publish?channel=outer HTTP/1.1\r\nHost: x\r\n{framing}\r\n").into_bytes();
+        request.extend_from_slice(inner);
+        // The server closes the connection: read_to_end ends well before
+        // the read timeout.
+        let started = std::time::Instant::now();
+        let answer = String::from_utf8_lossy(&answer_to(server.addr, &request)).to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{framing:?}: the connection stayed open"
+        );
+        assert!(answer.starts_with("HTTP/1.1 400"), "{framing:?}: {answer}");
+        assert!(
+            !answer.contains("200 OK"),
+            "{framing:?}: something was served: {answer}"
+        );
+        assert!(answer.contains("connection is closed"), "{framing:?}: {answer}");
+    }
+    assert_eq!(
+        metric(server.addr, "tinysse_events_published_total"),
+        0.0,
+        "neither the outer nor the smuggled publish went through"
+    );
+    // The connection after it, from another port, is served as usual.
+    publish(server.addr, "after", "fine");
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 1.0);
+}

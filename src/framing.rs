@@ -1,0 +1,136 @@
+//! Requests whose body framing is ambiguous, and the connections they came
+//! on.
+//!
+//! tiny_http frames a body by the first `Content-Length` header, reads none
+//! for a value that is not a number, and prefers `Transfer-Encoding` to a
+//! `Content-Length`. A proxy in front may frame the same bytes otherwise,
+//! and either way the bytes tiny_http did not take as the body are read as
+//! the connection's next request: a request smuggled inside another one's
+//! body. So such a request gets `400`, and its connection is done with
+//! (RFC 9112, 6.3): every later request read from it gets `400` too, not
+//! served, and its reading side is shut down (the reader release's pass,
+//! as for a stream), which closes the connection once the answers are out.
+//!
+//! The dispatcher takes a connection's requests in order, so a request
+//! smuggled after an ambiguous one is always seen after the connection was
+//! marked.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tiny_http::Header;
+
+/// How long a connection stays marked: past its reader's release (at most
+/// 1.5 s) and its idle read timeout (2 s), it is closed.
+pub const MARKED_FOR: Duration = Duration::from_secs(10);
+
+/// At most this many connections marked at once; past it the oldest mark
+/// goes (a flood of bad requests must not grow memory).
+pub const MAX_MARKED: usize = 1024;
+
+/// What is ambiguous about a request's framing, if anything.
+pub fn ambiguity(headers: &[Header]) -> Option<String> {
+    let mut lengths = headers
+        .iter()
+        .filter(|h| h.field.equiv("Content-Length"))
+        .map(|h| h.value.as_str().trim());
+    let chunked = headers.iter().any(|h| h.field.equiv("Transfer-Encoding"));
+    let first = lengths.next()?;
+    if chunked {
+        return Some("both Transfer-Encoding and Content-Length; send one".to_string());
+    }
+    if !first.bytes().all(|b| b.is_ascii_digit()) || first.parse::<u64>().is_err() {
+        return Some(format!("Content-Length '{first}' is not a number of bytes"));
+    }
+    if let Some(other) = lengths.find(|v| *v != first) {
+        return Some(format!(
+            "Content-Length headers disagree ({first}, {other}); send one"
+        ));
+    }
+    None
+}
+
+/// The connections that sent a request with ambiguous framing, by peer.
+#[derive(Debug, Default)]
+pub struct MarkedConnections {
+    marks: Mutex<Vec<(SocketAddr, Instant)>>,
+}
+
+impl MarkedConnections {
+    /// Marks the connection from `peer`.
+    pub fn mark(&self, peer: SocketAddr) {
+        let mut marks = self.lock();
+        let now = Instant::now();
+        marks.retain(|(_, at)| now.saturating_duration_since(*at) < MARKED_FOR);
+        if marks.len() >= MAX_MARKED {
+            marks.remove(0);
+        }
+        marks.push((peer, now));
+    }
+
+    /// True if the connection from `peer` was marked (within [`MARKED_FOR`]).
+    pub fn is_marked(&self, peer: SocketAddr) -> bool {
+        let marks = self.lock();
+        marks
+            .iter()
+            .any(|(p, at)| *p == peer && at.elapsed() < MARKED_FOR)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, Instant)>> {
+        // A plain list, each change complete: valid whatever a panicking
+        // holder did.
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<Header> {
+        pairs
+            .iter()
+            .map(|(n, v)| Header::from_bytes(n.as_bytes(), v.as_bytes()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn one_clear_length_or_none_is_unambiguous() {
+        assert_eq!(ambiguity(&headers(&[])), None);
+        assert_eq!(ambiguity(&headers(&[("Content-Length", "12")])), None);
+        assert_eq!(
+            ambiguity(&headers(&[("Content-Length", "12"), ("content-length", "12")])),
+            None
+        );
+        assert_eq!(ambiguity(&headers(&[("Transfer-Encoding", "chunked")])), None);
+    }
+
+    #[test]
+    fn disagreeing_lengths_a_bad_length_or_both_framings_are_ambiguous() {
+        let said = |pairs: &[(&str, &str)]| ambiguity(&headers(pairs)).unwrap();
+        assert!(said(&[("Content-Length", "0"), ("Content-Length", "73")]).contains("(0, 73)"));
+        assert!(said(&[("Content-Length", "x")]).contains("'x'"));
+        assert!(said(&[("Content-Length", "-1")]).contains("'-1'"));
+        assert!(said(&[("Content-Length", "1,1")]).contains("not a number"));
+        assert!(said(&[("Content-Length", "+5")]).contains("not a number"));
+        assert!(said(&[("Content-Length", "")]).contains("not a number"));
+        assert!(said(&[("Content-Length", "99999999999999999999999")]).contains("not a number"));
+        assert!(said(&[("Transfer-Encoding", "chunked"), ("Content-Length", "5")]).contains("both"));
+    }
+
+    #[test]
+    fn marks_are_per_peer_and_bounded() {
+        let marked = MarkedConnections::default();
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(!marked.is_marked(peer));
+        marked.mark(peer);
+        assert!(marked.is_marked(peer));
+        assert!(!marked.is_marked("127.0.0.1:5001".parse().unwrap()));
+        for port in 0..(MAX_MARKED as u16 + 10) {
+            marked.mark(SocketAddr::new(peer.ip(), 10_000 + port));
+        }
+        assert_eq!(marked.lock().len(), MAX_MARKED);
+        assert!(!marked.is_marked(peer), "the oldest mark went");
+    }
+}
