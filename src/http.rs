@@ -116,6 +116,8 @@ enum Route {
 /// The requests answered with one response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plain {
+    /// `HEAD` of a stream path: the stream's head, no stream.
+    StreamHead,
     Publish,
     PublishPreflight,
     Health,
@@ -132,7 +134,8 @@ fn route(method: &Method, path: &str, cors: bool) -> Route {
     let plain = match path {
         "/" if *method == Method::Get => return Route::Stream { demo: true },
         "/events" if *method == Method::Get => return Route::Stream { demo: false },
-        "/" | "/events" => Plain::WrongMethod("GET"),
+        "/" | "/events" if *method == Method::Head => Plain::StreamHead,
+        "/" | "/events" => Plain::WrongMethod("GET, HEAD"),
         "/publish" if *method == Method::Post => Plain::Publish,
         "/publish" if *method == Method::Options => Plain::PublishPreflight,
         "/publish" if cors => Plain::WrongMethod("POST, OPTIONS"),
@@ -200,7 +203,7 @@ fn handle(app: &Arc<App>, request: Request) {
             return answer_error_later(app, request, error);
         }
     }
-    let url = request.url().to_string();
+    let url = origin_form(request.url());
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     match route(request.method(), path, app.config.cors_origin.is_some()) {
         Route::Stream { demo } => open_stream(app, request, query, demo),
@@ -210,6 +213,53 @@ fn handle(app: &Arc<App>, request: Request) {
                 serve_plain(app, request, plain, &path, &query)
             });
         }
+    }
+}
+
+/// A request target as a path and query: the absolute form
+/// (`http://host:port/path?query`, which servers must accept, RFC 9112
+/// 3.2.2) loses its scheme and authority.
+fn origin_form(target: &str) -> String {
+    let starts = |prefix: &str| {
+        target
+            .get(..prefix.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(prefix))
+    };
+    let scheme = match () {
+        () if starts("http://") => "http://".len(),
+        () if starts("https://") => "https://".len(),
+        () => return target.to_string(),
+    };
+    let rest = &target[scheme..];
+    match rest.find(['/', '?']) {
+        Some(at) if rest.as_bytes()[at] == b'/' => rest[at..].to_string(),
+        Some(at) => format!("/{}", &rest[at..]),
+        None => "/".to_string(),
+    }
+}
+
+/// Answers `HEAD` of a stream path with the head a `GET` gets (or its
+/// `400` for bad channels), without opening a stream.
+fn stream_head(app: &App, request: Request, path: &str, query: &str) {
+    if path == "/events" {
+        let channels: Vec<String> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "channel")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        if let Err(e) = broker::validate_subscription(&channels) {
+            return respond_error(app, request, e.into());
+        }
+    }
+    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let head = crate::stream::response_head(http10, app.config.cors_origin.as_deref());
+    // The head says `Connection: close`, as a stream's does: its reader is
+    // let go, so the connection closes once the head is out.
+    if let Some(peer) = request.remote_addr() {
+        app.fresh_streams.push(*peer);
+    }
+    let mut writer = request.into_writer();
+    if let Err(e) = writer.write_all(&head).and_then(|()| writer.flush()) {
+        log::debug!("could not send a stream head: {e}");
     }
 }
 
@@ -338,6 +388,7 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
                 Response::from_string(text).with_header(header("Content-Type", crate::metrics::CONTENT_TYPE)),
             );
         }
+        Plain::StreamHead => stream_head(app, request, path, query),
         Plain::DemoPage => {
             let page = Response::from_string(crate::DEMO_PAGE)
                 .with_header(header("Content-Type", "text/html; charset=utf-8"))
@@ -806,10 +857,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn absolute_targets_become_paths() {
+        assert_eq!(origin_form("/events?channel=a"), "/events?channel=a");
+        assert_eq!(origin_form("http://127.0.0.1:8000/health"), "/health");
+        assert_eq!(origin_form("HTTPS://example.com/events?x=1"), "/events?x=1");
+        assert_eq!(origin_form("http://example.com"), "/");
+        assert_eq!(origin_form("http://example.com?channel=a"), "/?channel=a");
+        assert_eq!(origin_form("httpx://a/b"), "httpx://a/b");
+    }
+
+    #[test]
     fn routes() {
         let plain = Route::Plain;
         assert_eq!(route(&Method::Get, "/", true), Route::Stream { demo: true });
-        assert_eq!(route(&Method::Post, "/", true), plain(Plain::WrongMethod("GET")));
+        assert_eq!(
+            route(&Method::Post, "/", true),
+            plain(Plain::WrongMethod("GET, HEAD"))
+        );
+        assert_eq!(route(&Method::Head, "/events", true), plain(Plain::StreamHead));
         assert_eq!(
             route(&Method::Get, "/events", true),
             Route::Stream { demo: false }

@@ -515,3 +515,61 @@ fn options_come_from_the_environment_too() {
         started.elapsed()
     );
 }
+
+#[test]
+fn head_of_a_stream_path_is_the_streams_head_without_a_stream() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(&["--cors-origin", "*"]);
+    let head_of = |path: &str| {
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        s.set_read_timeout(Some(10 * SECOND)).unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(
+            started.elapsed() < 5 * SECOND,
+            "HEAD {path}: the connection stayed open"
+        );
+        String::from_utf8_lossy(&answer).to_string()
+    };
+    for path in ["/", "/events?channel=a&channel=b"] {
+        let answer = head_of(path);
+        assert!(answer.starts_with("HTTP/1.1 200"), "HEAD {path}: {answer}");
+        assert!(
+            answer.contains("Content-Type: text/event-stream; charset=utf-8\r\n"),
+            "HEAD {path}: {answer}"
+        );
+        assert!(
+            answer.contains("Access-Control-Allow-Origin: *\r\n"),
+            "HEAD {path}: {answer}"
+        );
+        assert!(
+            answer.ends_with("\r\n\r\n"),
+            "HEAD {path}: no body, got {answer:?}"
+        );
+    }
+    let bad = head_of("/events?channel=no%20spaces");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert!(bad.ends_with("\r\n\r\n"), "a HEAD answer has no body: {bad:?}");
+    assert_eq!(open_streams(server.addr), 0, "no stream was opened");
+}
+
+#[test]
+fn an_absolute_form_target_is_served_as_its_path() {
+    use std::io::{Read, Write};
+    let server = TestServer::start(&[]);
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    let request = format!(
+        "GET http://{}/health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr, server.addr
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    s.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"status\":\"ok\""), "{answer}");
+}
