@@ -272,6 +272,7 @@ impl Server {
             }
         })?;
         let addr = tcp.local_addr().map_err(StartError::Thread)?;
+        crate::sock_diag::open_lookup_socket();
         if addr.ip().is_unspecified() {
             // Candidates for the local address of each stream's connection,
             // read here rather than on a stream thread (see `ack_watch`).

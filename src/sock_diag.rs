@@ -118,11 +118,7 @@ pub fn bytes_acknowledged(local: SocketAddr, peer: SocketAddr) -> io::Result<Opt
     let mut shared = LOOKUP.lock().unwrap_or_else(|p| p.into_inner());
     let lookup = match &mut *shared {
         Some(lookup) => lookup,
-        empty => empty.insert(Lookup {
-            fd: diag_socket()?,
-            seq: 0,
-            buffer: vec![0u8; 2048],
-        }),
+        empty => empty.insert(Lookup::open()?),
     };
     let result = lookup.ask(local, peer);
     if result.is_err() {
@@ -130,6 +126,16 @@ pub fn bytes_acknowledged(local: SocketAddr, peer: SocketAddr) -> io::Result<Opt
         *shared = None;
     }
     result
+}
+
+/// Opens the socket of [`bytes_acknowledged`] now, if it can be: the
+/// server does at start, so that its descriptor is there from the start
+/// rather than appearing with the first stream's check.
+pub fn open_lookup_socket() {
+    let mut shared = LOOKUP.lock().unwrap_or_else(|p| p.into_inner());
+    if shared.is_none() {
+        *shared = Lookup::open().ok();
+    }
 }
 
 /// The netlink socket of every [`bytes_acknowledged`], which the streams
@@ -146,6 +152,14 @@ struct Lookup {
 }
 
 impl Lookup {
+    fn open() -> io::Result<Lookup> {
+        Ok(Lookup {
+            fd: diag_socket()?,
+            seq: 0,
+            buffer: vec![0u8; 2048],
+        })
+    }
+
     fn ask(&mut self, local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>> {
         self.seq = self.seq.wrapping_add(1);
         let request = lookup_request(local, peer, self.seq)?;
