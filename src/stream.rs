@@ -28,7 +28,8 @@ use crate::stats::{CloseReason, Stats};
 #[derive(Debug)]
 pub enum Source {
     /// The demo of `GET /`: `new_message` events counting up from `first_id`,
-    /// one at once and then one every `every` (`None`: only the first).
+    /// one at once and then one every `every` (`None`: the ticker is off,
+    /// no events, only pings).
     Demo {
         /// Id of the first event.
         first_id: u64,
@@ -202,7 +203,9 @@ impl Stream {
                 let ping = tick(settings.ping_interval);
                 let ticker = every.map_or_else(never, tick);
                 let mut next_id = *first_id;
-                self.send_demo_event(next_id)?;
+                if every.is_some() {
+                    self.send_demo_event(next_id)?;
+                }
                 loop {
                     // A pending check of the client's acknowledgements has
                     // a timer of its own (demo streams are few).

@@ -51,7 +51,7 @@ fn one_line_per_stream_opened_and_closed() {
         "--ping-interval",
         "300ms",
         "--tick-interval",
-        "0",
+        "1h",
     ]);
     let addr = server.addr;
 

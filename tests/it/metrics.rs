@@ -173,11 +173,11 @@ fn every_family_is_named_typed_and_documented() {
 #[test]
 fn counts_match_known_traffic() {
     let before = unix_now();
-    let server = TestServer::start(&["--ping-interval", "300ms", "--tick-interval", "0"]);
+    let server = TestServer::start(&["--ping-interval", "300ms", "--tick-interval", "1h"]);
     let addr = server.addr;
 
     // M = 4 streams: three on channels, one demo stream (its first event
-    // comes at once; the ticker is off).
+    // comes at once, the next in an hour).
     let mut on_a = SseClient::connect(addr, "/events?channel=a", &[]);
     let mut on_ab = SseClient::connect(addr, "/events?channel=a&channel=b", &[]);
     let mut on_b = SseClient::connect(addr, "/events?channel=b", &[]);
