@@ -188,9 +188,17 @@ fn confirm(bound: SocketAddr, peer: SocketAddr) -> Connection {
     if bound.ip().is_unspecified() {
         return confirm_among_own_addresses(bound.port(), peer);
     }
-    match bytes_acknowledged(bound, peer) {
-        Ok(Some(_)) => Connection::Confirmed { local: bound, peer },
-        other => not_confirmed(other, peer),
+    look_for(bound, peer).unwrap_or_else(|| not_confirmed(Ok(None), peer))
+}
+
+/// Asks the kernel for the connection from `local` to `peer`: `Some` with
+/// the outcome (confirmed, or [`Connection::Off`] when the kernel cannot be
+/// asked), `None` when it has no such connection (try another address).
+fn look_for(local: SocketAddr, peer: SocketAddr) -> Option<Connection> {
+    match bytes_acknowledged(local, peer) {
+        Ok(Some(_)) => Some(Connection::Confirmed { local, peer }),
+        Ok(None) => None,
+        other => Some(not_confirmed(other, peer)),
     }
 }
 
@@ -220,17 +228,8 @@ fn confirm_among_own_addresses(port: u16, peer: SocketAddr) -> Connection {
         IpAddr::V6(ip) if ip.is_loopback() => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         _ => None,
     };
-    if let Some(ip) = loopback {
-        match bytes_acknowledged(SocketAddr::new(ip, port), peer) {
-            Ok(Some(_)) => {
-                return Connection::Confirmed {
-                    local: SocketAddr::new(ip, port),
-                    peer,
-                }
-            }
-            Ok(None) => {}
-            other => return not_confirmed(other, peer),
-        }
+    if let Some(found) = loopback.and_then(|ip| look_for(SocketAddr::new(ip, port), peer)) {
+        return found;
     }
     let mut index = 0;
     while let Some(ip) = OWN_ADDRESSES.lock().ok().and_then(|a| a.get(index).copied()) {
@@ -238,15 +237,8 @@ fn confirm_among_own_addresses(port: u16, peer: SocketAddr) -> Connection {
         if ip.is_ipv4() != peer.is_ipv4() || Some(ip) == loopback {
             continue;
         }
-        match bytes_acknowledged(SocketAddr::new(ip, port), peer) {
-            Ok(Some(_)) => {
-                return Connection::Confirmed {
-                    local: SocketAddr::new(ip, port),
-                    peer,
-                }
-            }
-            Ok(None) => {}
-            other => return not_confirmed(other, peer),
+        if let Some(found) = look_for(SocketAddr::new(ip, port), peer) {
+            return found;
         }
     }
     confirm_among_new_addresses(port, peer)
@@ -256,22 +248,11 @@ fn confirm_among_own_addresses(port: u16, peer: SocketAddr) -> Connection {
 #[cold]
 #[inline(never)]
 fn confirm_among_new_addresses(port: u16, peer: SocketAddr) -> Connection {
-    for ip in own_addresses() {
-        if ip.is_ipv4() != peer.is_ipv4() {
-            continue;
-        }
-        match bytes_acknowledged(SocketAddr::new(ip, port), peer) {
-            Ok(Some(_)) => {
-                return Connection::Confirmed {
-                    local: SocketAddr::new(ip, port),
-                    peer,
-                }
-            }
-            Ok(None) => {}
-            other => return not_confirmed(other, peer),
-        }
-    }
-    not_confirmed(Ok(None), peer)
+    own_addresses()
+        .into_iter()
+        .filter(|ip| ip.is_ipv4() == peer.is_ipv4())
+        .find_map(|ip| look_for(SocketAddr::new(ip, port), peer))
+        .unwrap_or_else(|| not_confirmed(Ok(None), peer))
 }
 
 /// The machine's addresses now (`getifaddrs`), kept for the streams'

@@ -148,7 +148,6 @@ impl Stream {
     }
 
     /// Writes the head and runs the stream until it ends; returns why.
-    /// Writes the head and runs the stream until it ends; returns why.
     /// `peer` is the client's address, for the check that it acknowledges
     /// what it is sent ([`AckWatch`]).
     #[inline(never)]
