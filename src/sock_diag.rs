@@ -212,20 +212,36 @@ pub fn is_transient(error: &io::Error) -> bool {
 /// A dump request for the ESTABLISHED TCP sockets of `family`, with their
 /// `tcp_info` when `info`.
 fn request(family: u8, seq: u32, info: bool) -> Vec<u8> {
-    let length = NLMSG_HEADER + 56;
-    let mut message = Vec::with_capacity(length);
-    message.extend_from_slice(&(length as u32).to_ne_bytes());
-    message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    message.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    message.extend_from_slice(&seq.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes());
+    let mut message = request_head(NLM_F_REQUEST | NLM_F_DUMP, seq);
     // struct inet_diag_req_v2: family, protocol, extensions, pad, states,
     // then a zeroed inet_diag_sockid (48 bytes: match any).
     let extensions = if info { 1u8 << (INET_DIAG_INFO - 1) } else { 0 };
     message.extend_from_slice(&[family, IPPROTO_TCP, extensions, 0]);
     message.extend_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
-    message.resize(length, 0);
+    message.resize(REQUEST_LENGTH, 0);
     message
+}
+
+/// Length of a request: its netlink header and a `struct inet_diag_req_v2`.
+const REQUEST_LENGTH: usize = NLMSG_HEADER + 56;
+
+/// The netlink header of a `SOCK_DIAG_BY_FAMILY` request of
+/// [`REQUEST_LENGTH`] bytes, with room for the rest.
+fn request_head(flags: u16, seq: u32) -> Vec<u8> {
+    let mut message = Vec::with_capacity(REQUEST_LENGTH);
+    message.extend_from_slice(&(REQUEST_LENGTH as u32).to_ne_bytes());
+    message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    message.extend_from_slice(&flags.to_ne_bytes());
+    message.extend_from_slice(&seq.to_ne_bytes());
+    message.extend_from_slice(&0u32.to_ne_bytes());
+    message
+}
+
+/// The error number of an `NLMSG_ERROR` message's payload (0 if cut).
+fn error_number(payload: &[u8]) -> i32 {
+    payload
+        .get(..4)
+        .map_or(0, |b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// A request for the one TCP socket from `local` to `peer`, with its
@@ -241,13 +257,7 @@ fn lookup_request(local: SocketAddr, peer: SocketAddr, seq: u32) -> io::Result<V
             ))
         }
     };
-    let length = NLMSG_HEADER + 56;
-    let mut message = Vec::with_capacity(length);
-    message.extend_from_slice(&(length as u32).to_ne_bytes());
-    message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    message.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    message.extend_from_slice(&seq.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes());
+    let mut message = request_head(NLM_F_REQUEST, seq);
     // struct inet_diag_req_v2, its inet_diag_sockid naming the connection
     // from the socket's side: source = local, destination = peer, each
     // address in 16 bytes, ports in network order; any interface; no cookie.
@@ -263,7 +273,7 @@ fn lookup_request(local: SocketAddr, peer: SocketAddr, seq: u32) -> io::Result<V
     message.extend_from_slice(&0u32.to_ne_bytes());
     message.extend_from_slice(&NO_COOKIE.to_ne_bytes());
     message.extend_from_slice(&NO_COOKIE.to_ne_bytes());
-    debug_assert_eq!(message.len(), length);
+    debug_assert_eq!(message.len(), REQUEST_LENGTH);
     Ok(message)
 }
 
@@ -284,9 +294,7 @@ fn parse_lookup_reply(datagram: &[u8], seq: u32, peer_port: u16) -> io::Result<O
     let payload = &datagram[NLMSG_HEADER..length];
     match u16::from_ne_bytes([datagram[4], datagram[5]]) {
         NLMSG_ERROR => {
-            let errno = payload
-                .get(..4)
-                .map_or(0, |b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+            let errno = error_number(payload);
             if errno == nix::libc::ENOENT {
                 Ok(None)
             } else {
@@ -330,10 +338,7 @@ fn parse_datagram(
             match kind {
                 NLMSG_DONE => return Ok(true),
                 NLMSG_ERROR => {
-                    let errno = payload
-                        .get(..4)
-                        .map_or(0, |b| -i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    return Err(io::Error::from_raw_os_error(errno));
+                    return Err(io::Error::from_raw_os_error(error_number(payload)));
                 }
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(seen) = parse_socket(payload, port) {
@@ -408,6 +413,33 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
 
+    /// A netlink message as the kernel sends it, padded to 4 bytes.
+    fn message(kind: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HEADER + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    /// An attribute after an `inet_diag_msg`, padded to 4 bytes.
+    fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(payload);
+        while a.len() % 4 != 0 {
+            a.push(0);
+        }
+        a
+    }
+
     #[test]
     fn finds_an_accepted_connection_as_the_socket_table_lists_it() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -447,19 +479,6 @@ mod tests {
 
     #[test]
     fn replies_are_read_message_by_message() {
-        let message = |kind: u16, seq: u32, payload: &[u8]| {
-            let mut m = Vec::new();
-            m.extend_from_slice(&((NLMSG_HEADER + payload.len()) as u32).to_ne_bytes());
-            m.extend_from_slice(&kind.to_ne_bytes());
-            m.extend_from_slice(&0u16.to_ne_bytes());
-            m.extend_from_slice(&seq.to_ne_bytes());
-            m.extend_from_slice(&0u32.to_ne_bytes());
-            m.extend_from_slice(payload);
-            while m.len() % 4 != 0 {
-                m.push(0);
-            }
-            m
-        };
         let socket = |local: u16, peer: [u8; 4], peer_port: u16, inode: u32| {
             let mut s = vec![0u8; DIAG_MSG];
             s[0] = AF_INET;
@@ -579,16 +598,6 @@ mod tests {
 
     #[test]
     fn a_lookup_reply_is_the_acknowledged_count_or_no_connection() {
-        let reply = |kind: u16, seq: u32, payload: &[u8]| {
-            let mut m = Vec::new();
-            m.extend_from_slice(&((NLMSG_HEADER + payload.len()) as u32).to_ne_bytes());
-            m.extend_from_slice(&kind.to_ne_bytes());
-            m.extend_from_slice(&0u16.to_ne_bytes());
-            m.extend_from_slice(&seq.to_ne_bytes());
-            m.extend_from_slice(&0u32.to_ne_bytes());
-            m.extend_from_slice(payload);
-            m
-        };
         let socket = |state: u8, peer_port: u16, acked: Option<u64>| {
             let mut s = vec![0u8; DIAG_MSG];
             s[0] = AF_INET;
@@ -597,27 +606,25 @@ mod tests {
             if let Some(acked) = acked {
                 let mut info = vec![0u8; 232];
                 info[TCP_INFO_BYTES_ACKED..TCP_INFO_BYTES_ACKED + 8].copy_from_slice(&acked.to_ne_bytes());
-                s.extend_from_slice(&((4 + info.len()) as u16).to_ne_bytes());
-                s.extend_from_slice(&INET_DIAG_INFO.to_ne_bytes());
-                s.extend(info);
+                s.extend(attribute(INET_DIAG_INFO, &info));
             }
             s
         };
-        let found = reply(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5000, Some(777)));
+        let found = message(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5000, Some(777)));
         assert_eq!(parse_lookup_reply(&found, 1, 5000).unwrap(), Some(777));
-        let no_such = reply(NLMSG_ERROR, 1, &(-nix::libc::ENOENT).to_ne_bytes());
+        let no_such = message(NLMSG_ERROR, 1, &(-nix::libc::ENOENT).to_ne_bytes());
         assert_eq!(parse_lookup_reply(&no_such, 1, 5000).unwrap(), None);
-        let refused = reply(NLMSG_ERROR, 1, &(-nix::libc::EPERM).to_ne_bytes());
+        let refused = message(NLMSG_ERROR, 1, &(-nix::libc::EPERM).to_ne_bytes());
         assert!(parse_lookup_reply(&refused, 1, 5000).is_err());
-        let listener = reply(SOCK_DIAG_BY_FAMILY, 1, &socket(TCP_LISTEN, 0, Some(0)));
+        let listener = message(SOCK_DIAG_BY_FAMILY, 1, &socket(TCP_LISTEN, 0, Some(0)));
         assert_eq!(
             parse_lookup_reply(&listener, 1, 5000).unwrap(),
             None,
             "the listener: no such connection"
         );
-        let other = reply(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5001, Some(777)));
+        let other = message(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5001, Some(777)));
         assert!(parse_lookup_reply(&other, 1, 5000).is_err(), "another connection");
-        let no_info = reply(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5000, None));
+        let no_info = message(SOCK_DIAG_BY_FAMILY, 1, &socket(1, 5000, None));
         assert!(parse_lookup_reply(&no_info, 1, 5000).is_err());
         assert!(
             parse_lookup_reply(&found, 2, 5000).is_err(),
@@ -628,16 +635,6 @@ mod tests {
 
     #[test]
     fn reads_the_bytes_received_from_the_tcp_info_attribute() {
-        let attribute = |kind: u16, payload: &[u8]| {
-            let mut a = Vec::new();
-            a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-            a.extend_from_slice(&kind.to_ne_bytes());
-            a.extend_from_slice(payload);
-            while a.len() % 4 != 0 {
-                a.push(0);
-            }
-            a
-        };
         let mut info = vec![0u8; 232];
         info[TCP_INFO_BYTES_RECEIVED..TCP_INFO_BYTES_RECEIVED + 8].copy_from_slice(&123_456u64.to_ne_bytes());
         let mut attributes = attribute(1, &[7, 7, 7]);
