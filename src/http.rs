@@ -242,11 +242,7 @@ fn origin_form(target: &str) -> String {
 /// `400` for bad channels), without opening a stream.
 fn stream_head(app: &App, request: Request, path: &str, query: &str) {
     if path == "/events" {
-        let channels: Vec<String> = form_urlencoded::parse(query.as_bytes())
-            .filter(|(k, _)| k == "channel")
-            .map(|(_, v)| v.into_owned())
-            .collect();
-        if let Err(e) = broker::validate_subscription(&channels) {
+        if let Err(e) = broker::validate_subscription(&requested_channels(query)) {
             return respond_error(app, request, e.into());
         }
     }
@@ -261,6 +257,14 @@ fn stream_head(app: &App, request: Request, path: &str, query: &str) {
     if let Err(e) = writer.write_all(&head).and_then(|()| writer.flush()) {
         log::debug!("could not send a stream head: {e}");
     }
+}
+
+/// The `channel` values of a stream request's query, as given.
+fn requested_channels(query: &str) -> Vec<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "channel")
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 /// The `400` for a request with ambiguous framing (see `framing`), or for
@@ -461,10 +465,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     let channels: Vec<String> = if demo {
         Vec::new()
     } else {
-        form_urlencoded::parse(query.as_bytes())
-            .filter(|(k, _)| k == "channel")
-            .map(|(_, v)| v.into_owned())
-            .collect()
+        requested_channels(query)
     };
     if let Err(e) = broker::validate_subscription(&channels) {
         return answer_error_later(app, request, e.into());
