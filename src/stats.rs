@@ -7,7 +7,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// Why a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// A write failed or timed out: the client went away or stopped reading.
+    /// A write failed or timed out, or what was written stayed
+    /// unacknowledged a write timeout long: the client went away or
+    /// stopped reading.
     ClientLeft,
     /// The subscriber fell more than `--queue-size` events behind.
     Slow,
