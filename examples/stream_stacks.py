@@ -4,13 +4,19 @@
     cargo build --release   # or --target x86_64-unknown-linux-musl
     python3 examples/stream_stacks.py target/release/tinysse [STREAMS]
 
-Starts the binary on port 8127 (loopback), opens STREAMS (default 300)
+Starts the binary on port 8127 (loopback, pings every 1 s and a 200 ms
+write timeout, so that every stream pings and checks its client's
+acknowledgements while the script waits), opens STREAMS (default 300)
 streams on one channel, publishes one event, waits 8 s, then prints, over
 the threads named `sse-stream`: how far below the top of its stack mapping
 each one's stack pointer is while it waits (`/proc/PID/task/TID/syscall`),
-and the resident KiB of those mappings (`/proc/PID/smaps`; a mapping the
-kernel merged with a neighbour counts the neighbour too). Standard library
-only; the server is killed at the end.
+how far below that pointer the stream ever went (the lowest byte that is
+not zero, read from `/proc/PID/mem`: pages start zeroed; root), against
+the room left in the waiting page (a deeper excursion keeps one more page
+resident for the stream's life), and the resident KiB of those mappings
+(`/proc/PID/smaps`; a mapping the kernel merged with a neighbour counts
+the neighbour too). Standard library only; the server is killed at the
+end.
 """
 
 import collections
@@ -38,10 +44,24 @@ def mappings(pid):
     return out
 
 
+def deepest_below(pid, start, sp):
+    """How many bytes below `sp` the thread's stack was ever written (the
+    lowest non-zero byte of the mapping), or None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/mem", "rb") as mem:
+            mem.seek(start)
+            data = mem.read(sp - start)
+    except OSError:
+        return None
+    lowest = next((i for i, byte in enumerate(data) if byte), None)
+    return 0 if lowest is None else sp - (start + lowest)
+
+
 def main():
     binary = sys.argv[1]
     streams = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-    server = subprocess.Popen([binary, "--port", str(PORT), "--tick-interval", "0"],
+    server = subprocess.Popen([binary, "--port", str(PORT), "--tick-interval", "0",
+                               "--ping-interval", "1s", "--write-timeout", "200ms"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.5)
@@ -58,6 +78,7 @@ def main():
         time.sleep(8)
         maps = mappings(server.pid)
         depths, resident = collections.Counter(), []
+        excursions = collections.Counter()
         for tid in os.listdir(f"/proc/{server.pid}/task"):
             task = f"/proc/{server.pid}/task/{tid}"
             with open(f"{task}/comm") as comm:
@@ -72,9 +93,15 @@ def main():
                 if start <= sp < end:
                     depths[end - sp] += 1
                     resident.append(rss)
+                    below = deepest_below(server.pid, start, sp)
+                    if below is not None:
+                        excursions[(below, sp % 4096)] += 1
         print(f"{binary}: {len(resident)} waiting stream threads")
         for depth, count in sorted(depths.items()):
             print(f"  stack pointer {depth} bytes below the mapping's top: {count} threads")
+        for (below, room), count in sorted(excursions.items()):
+            print(f"  went {below} bytes below the waiting pointer, {room} bytes of room in its page: "
+                  f"{count} threads{'' if below <= room else ' (one more page resident)'}")
         if resident:
             print(f"  resident KiB of their stack mappings: average {sum(resident) / len(resident):.2f}, "
                   f"most common {collections.Counter(resident).most_common(1)[0][0]}")
