@@ -23,6 +23,7 @@ use tiny_http::{Header, Method, Request, Response};
 
 use crate::acceptor::{Acceptor, Next};
 use crate::broker::{self, BrokerError, EventId, PendingFanOut};
+use crate::keep_alive;
 use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
 use crate::server::App;
@@ -848,7 +849,12 @@ pub fn answer_overflow(requests: Receiver<Request>, cors_origin: Option<String>)
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {
-    if let Err(e) = request.respond(response) {
+    let sent = if keep_alive::is_kept_http10(&request) {
+        keep_alive::respond_kept_http10(request, response)
+    } else {
+        request.respond(response)
+    };
+    if let Err(e) = sent {
         log::debug!("could not send a response: {e}");
     }
 }

@@ -44,6 +44,7 @@ pub mod fault;
 pub mod framing;
 pub mod head_guard;
 pub mod http;
+pub mod keep_alive;
 pub mod listener;
 pub mod logger;
 pub mod metrics;

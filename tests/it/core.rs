@@ -2,6 +2,7 @@
 //! its bytes, ticks, pings, `Last-Event-ID`, headers; threads released after
 //! clients leave; 404/405 and `/health`; shutdown; the command line.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use super::support::*;
@@ -388,6 +389,89 @@ fn health_reports_status_version_uptime_and_streams() {
         "streams closed: {}",
         get(server.addr, "/health").body
     );
+}
+
+#[test]
+fn http_1_0_keep_alive_is_confirmed_and_the_connection_reused() {
+    // ApacheBench `-k` and other HTTP/1.0 clients reuse a connection only
+    // when the answer says `Connection: keep-alive`; otherwise they wait for
+    // the close that ends the answer.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let mut subscriber = SseClient::connect(server.addr, "/events?channel=old", &[]);
+    let mut connection = std::net::TcpStream::connect(server.addr).expect("connect");
+    connection.set_read_timeout(Some(10 * SECOND)).unwrap();
+
+    let health = parse_response(
+        answer_on(
+            &mut connection,
+            b"GET /health HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+        )
+        .as_bytes(),
+    );
+    assert!(health.head.starts_with("HTTP/1.0 200 "), "{health:?}");
+    assert_eq!(
+        health.header("Connection").as_deref(),
+        Some("keep-alive"),
+        "{health:?}"
+    );
+    assert_eq!(health.json()["status"], "ok", "{health:?}");
+
+    let published = parse_response(
+        answer_on(
+            &mut connection,
+            b"POST /publish?channel=old HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        published.status, 200,
+        "the same connection serves the next request: {published:?}"
+    );
+    assert_eq!(
+        published.header("Connection").as_deref(),
+        Some("keep-alive"),
+        "{published:?}"
+    );
+    let event = subscriber
+        .next_event(10 * SECOND)
+        .expect("the publish went through");
+    assert_eq!(event.data, "hello");
+
+    let missing = parse_response(
+        answer_on(
+            &mut connection,
+            b"GET /nowhere HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert_eq!(
+        missing.header("Connection").as_deref(),
+        Some("keep-alive"),
+        "errors too: {missing:?}"
+    );
+    assert!(missing.json()["error"].is_string(), "{missing:?}");
+
+    // Without keep-alive the answer says nothing and the connection ends.
+    connection
+        .write_all(b"GET /health HTTP/1.0\r\n\r\n")
+        .expect("send the last request");
+    let mut last = Vec::new();
+    assert!(
+        read_until_closed(&mut connection, 10 * SECOND, &mut last),
+        "an HTTP/1.0 request without keep-alive ends its connection"
+    );
+    let last = parse_response(&last);
+    assert_eq!(last.status, 200, "{last:?}");
+    assert_eq!(last.header("Connection"), None, "{last:?}");
+
+    // HTTP/1.1 answers stay as they were: keep-alive is the default there.
+    let mut modern = std::net::TcpStream::connect(server.addr).expect("connect");
+    modern.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let answer =
+        parse_response(answer_on(&mut modern, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.header("Connection"), None, "{answer:?}");
 }
 
 #[test]

@@ -716,6 +716,28 @@ fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
         .expect("setsockopt SO_RCVBUF");
 }
 
+/// Writes `request` on a kept-alive `connection` and reads one answer, whole
+/// by its `Content-Length`; or what came before the connection closed or
+/// its read timeout passed.
+pub fn answer_on(connection: &mut TcpStream, request: &[u8]) -> String {
+    connection.write_all(request).expect("send the request");
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = header_in(head, "Content-Length").and_then(|v| v.parse::<usize>().ok());
+            if length.is_some_and(|n| body.len() >= n) {
+                return text;
+            }
+        }
+        match connection.read(&mut buffer) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
 /// Reads from `stream` into `sink` until the peer closes it; true when that
 /// happened (EOF or a reset) within `timeout`.
 pub fn read_until_closed(stream: &mut TcpStream, timeout: Duration, sink: &mut Vec<u8>) -> bool {
