@@ -104,6 +104,8 @@ fn preflight_allows_post_with_authorization_and_content_type() {
     let answer = preflight(addr, "authorization,content-type");
     assert_eq!(answer.status, 204, "{answer:?}");
     assert_eq!(answer.body, "", "{answer:?}");
+    // RFC 9110 (8.6): a 204 carries no Content-Length.
+    assert_eq!(answer.header("Content-Length"), None, "{answer:?}");
     assert_eq!(
         answer.header("Access-Control-Allow-Origin").as_deref(),
         Some(ORIGIN),
