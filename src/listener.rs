@@ -45,11 +45,14 @@
 //! timeout of 2 s above it.
 //!
 //! The keep-awake connection also frees connections that tiny_http's pool
-//! left queued. `TaskPool::spawn` counts an idle worker until that worker
-//! holds the queue's lock again, so of two connections that arrive together
-//! both can be queued for one worker: it serves the first, and the second
-//! waits until some worker finishes a task (BENCHMARKS.md, "Limits found").
-//! Every new connection makes a worker take the oldest queued task (a fresh
+//! left queued. The published tiny_http 0.12 counted an idle worker until
+//! that worker held the queue's lock again, so of two connections that
+//! arrived together both could be queued for one worker: it served the
+//! first, and the second waited until some worker finished a task
+//! (BENCHMARKS.md, "Limits found"). The patched copy this project builds
+//! (`vendor/tiny_http`) starts a thread unless an idle one is left over;
+//! what can still leave a task queued is a pool thread ending in a panic
+//! ([`note_pool_thread_lost`]). Every new connection makes a worker take the oldest queued task (a fresh
 //! thread takes it after the connection's own short task). So the
 //! keep-awake connection asks `GET /health`: an answer within
 //! [`PROBE_WAIT`] means nothing is queued ahead of it; while there is
