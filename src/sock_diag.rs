@@ -120,7 +120,12 @@ pub fn bytes_acknowledged(local: SocketAddr, peer: SocketAddr) -> io::Result<Opt
         Some(lookup) => lookup,
         empty => empty.insert(Lookup::open()?),
     };
-    let result = lookup.ask(local, peer);
+    let seq = lookup.seq.wrapping_add(1);
+    // A request that cannot be made is no reason to drop the socket: nothing
+    // was sent on it.
+    let request = lookup_request(local, peer, seq)?;
+    lookup.seq = seq;
+    let result = lookup.ask(&request, seq, peer.port());
     if result.is_err() {
         // A fresh socket next time: no reply of this one is left to come.
         *shared = None;
@@ -160,12 +165,12 @@ impl Lookup {
         })
     }
 
-    fn ask(&mut self, local: SocketAddr, peer: SocketAddr) -> io::Result<Option<u64>> {
-        self.seq = self.seq.wrapping_add(1);
-        let request = lookup_request(local, peer, self.seq)?;
+    /// Sends `request` (made by [`lookup_request`] with `seq`) and reads
+    /// its reply about the connection to `peer_port`.
+    fn ask(&mut self, request: &[u8], seq: u32, peer_port: u16) -> io::Result<Option<u64>> {
         sendto(
             self.fd.as_raw_fd(),
-            &request,
+            request,
             &NetlinkAddr::new(0, 0),
             MsgFlags::empty(),
         )?;
@@ -173,7 +178,7 @@ impl Lookup {
         // small attributes the kernel adds. The socket is fresh after any
         // failure, so no earlier reply can come first.
         let n = recv(self.fd.as_raw_fd(), &mut self.buffer, MsgFlags::empty())?;
-        parse_lookup_reply(&self.buffer[..n], self.seq, peer.port())
+        parse_lookup_reply(&self.buffer[..n], seq, peer_port)
     }
 }
 
@@ -585,7 +590,15 @@ mod tests {
             "another peer port: not this connection, nor the listener"
         );
         let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        let socket = |shared: &Option<Lookup>| shared.as_ref().map(|l| l.fd.as_raw_fd());
+        let before = socket(&LOOKUP.lock().unwrap());
         assert!(bytes_acknowledged(local, v6).is_err(), "two families");
+        assert_eq!(
+            socket(&LOOKUP.lock().unwrap()),
+            before,
+            "nothing was sent: the shared socket stays"
+        );
+        assert!(before.is_some());
         drop(client);
         drop(server_side);
         // The server's side, closed after its peer, goes at once.

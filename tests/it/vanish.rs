@@ -288,3 +288,57 @@ fn sigterm_exits_within_2s_when_the_server_cannot_reach_its_own_address() {
         run.stderr
     );
 }
+
+#[test]
+fn the_acknowledgement_checks_share_one_socket_opened_at_start() {
+    // The checks' netlink socket is opened at start, not at the first check,
+    // and every check uses it: once the streams' readers are let go, a
+    // stream costs one descriptor, checks or not.
+    let server = TestServer::start(&[
+        "--tick-interval",
+        "0",
+        "--ping-interval",
+        "100ms",
+        "--write-timeout",
+        "50ms",
+    ]);
+    assert_eq!(get(server.addr, "/health").status, 200);
+    let at_start = fewest_descriptors(&server);
+    let mut clients: Vec<SseClient> = (0..3)
+        .map(|_| SseClient::connect(server.addr, "/events?channel=acks", &[]))
+        .collect();
+    // Three pings each, so checks have been made after the first two.
+    for client in &mut clients {
+        let pings = (0..3)
+            .filter(|_| {
+                client
+                    .next_block(Duration::from_secs(5))
+                    .is_some_and(|b| b.starts_with(": ping"))
+            })
+            .count();
+        assert_eq!(pings, 3, "logs:\n{}", server.logs());
+    }
+    let mut now = 0;
+    let settled = wait_until(Duration::from_secs(10), || {
+        now = fewest_descriptors(&server);
+        now == at_start + clients.len()
+    });
+    assert!(
+        settled,
+        "{at_start} descriptors before the streams, {now} with {} streams checked",
+        clients.len()
+    );
+}
+
+/// The fewest descriptors the server held over 1.5 s: without the short
+/// lived ones (the keep-awake thread's connection, a reader not yet let go).
+fn fewest_descriptors(server: &TestServer) -> usize {
+    (0..30)
+        .map(|_| {
+            let n = server.fds();
+            std::thread::sleep(Duration::from_millis(50));
+            n
+        })
+        .min()
+        .unwrap_or(0)
+}
