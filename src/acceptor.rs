@@ -86,7 +86,9 @@ impl Running {
         let clone = listener.try_clone().map_err(|e| e.to_string())?;
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", clone.as_raw_fd()));
         let probe = std::fs::read_link(&fd_path).ok().map(|link| (fd_path, link));
-        let server = tiny_http::Server::from_listener(clone, None).map_err(|e| e.to_string())?;
+        let keep_alive = Some(crate::listener::KEEP_ALIVE_IDLE);
+        let server = tiny_http::Server::from_listener_keeping_alive(clone, None, keep_alive)
+            .map_err(|e| e.to_string())?;
         Ok(Running { server, probe })
     }
 

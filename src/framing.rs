@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use tiny_http::Header;
 
 /// How long a connection stays marked: past its reader's release (at most
-/// 1.5 s) and its idle read timeout (2 s), it is closed.
+/// 1.5 s) and its idle timeout (5 s once a request was read,
+/// `listener::KEEP_ALIVE_IDLE`), it is closed.
 pub const MARKED_FOR: Duration = Duration::from_secs(10);
 
 /// At most this many connections marked at once; past it the oldest mark

@@ -849,8 +849,8 @@ pub fn answer_overflow(requests: Receiver<Request>, cors_origin: Option<String>)
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {
-    let sent = if keep_alive::is_kept_http10(&request) {
-        keep_alive::respond_kept_http10(request, response)
+    let sent = if keep_alive::stays_open(&request) {
+        keep_alive::respond_kept(request, response)
     } else {
         request.respond(response)
     };

@@ -71,9 +71,19 @@ use nix::sys::socket::{listen, setsockopt, Backlog};
 
 use crate::periodic::Periodic;
 
-/// How long a connection may be silent while tiny_http waits for a request
-/// head (a new request, or the next one on a kept-alive connection).
+/// How long a connection may be silent while tiny_http waits for its first
+/// request head, or within a request (a head or a body).
 pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a kept-alive connection may be silent between the end of one
+/// request and the start of the next (tiny_http as patched in
+/// `vendor/tiny_http`). Longer than [`IDLE_READ_TIMEOUT`]: a client that
+/// sends its next request just as the server closes gets no answer, and
+/// pooled publishers that published about every 2 s lost one POST in a few
+/// hundred. 5 s as Apache httpd and Node's http server; answers say it
+/// (`Keep-Alive: timeout=5`, see `keep_alive`). A stream's connection is
+/// not kept: its reader is let go (`reader_release`).
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(5);
 
 /// How long a surplus tiny_http pool thread waits idle before it exits
 /// (tiny_http 0.12, `util/task_pool.rs`).

@@ -2,9 +2,10 @@
 //!
 //! tiny_http reads each connection on a pool thread of its own, through a
 //! duplicated descriptor. Once it has handed over a request it reads on,
-//! for the connection's next request, until the read timeout
-//! (`listener::IDLE_READ_TIMEOUT`, 2 s). A stream's connection never
-//! carries another request, yet its reader stays those 2 s: a thread, a
+//! for the connection's next request, until the kept-alive connection's
+//! idle timeout (`listener::KEEP_ALIVE_IDLE`, 5 s; 2 s before it was made
+//! longer than the read timeout). A stream's connection never
+//! carries another request, yet its reader stays those seconds: a thread, a
 //! descriptor, and tiny_http's reader-side blocks (a 1 KiB buffer, the
 //! request's channels). In a burst of new streams that is 2 s worth of
 //! readers at once (800 at 400 connections per second), and their blocks,
@@ -41,8 +42,9 @@ use crate::periodic::Periodic;
 /// How often the peers of new streams are looked for.
 pub const PASS_EVERY: Duration = Duration::from_millis(250);
 
-/// How long a noted peer is looked for: past it, the read timeout has (or
-/// is about to have) done the job.
+/// How long a noted peer is looked for: a peer not found by then has
+/// likely closed its connection (a reader not let go leaves at the idle
+/// timeout, `listener::KEEP_ALIVE_IDLE`).
 pub const GIVE_UP: Duration = Duration::from_millis(1500);
 
 /// A pass that took `t` is followed by a pause of at least `CPU_SHARE * t`.

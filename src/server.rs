@@ -92,8 +92,10 @@ pub fn streams_allowed(max_map_count: usize, maps_per_thread: usize) -> usize {
 /// Descriptors kept for everything but open streams (a quarter of the
 /// limit when that is less): the server's own files, publishers and other
 /// plain requests, `503` answers past the stream limit, and above all the
-/// second descriptor tiny_http holds for each new connection until its read
-/// timeout (2 s). 1,000 covers a burst of 500 connects a second right up to
+/// second descriptor tiny_http holds for each new connection until its
+/// reader leaves (a stream's is let go within about 250 ms, see
+/// `reader_release`; a silent new connection's after the 2 s read timeout).
+/// 1,000 covers a burst of 500 connects a second right up to
 /// the stream limit; a faster one runs out of descriptors for a moment, and
 /// its connections wait in the listen backlog (see `acceptor`).
 pub const FDS_RESERVED: usize = 1000;

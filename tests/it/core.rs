@@ -414,6 +414,11 @@ fn http_1_0_keep_alive_is_confirmed_and_the_connection_reused() {
         Some("keep-alive"),
         "{health:?}"
     );
+    assert_eq!(
+        health.header("Keep-Alive").as_deref(),
+        Some("timeout=5"),
+        "{health:?}"
+    );
     assert_eq!(health.json()["status"], "ok", "{health:?}");
 
     let published = parse_response(
@@ -464,14 +469,55 @@ fn http_1_0_keep_alive_is_confirmed_and_the_connection_reused() {
     let last = parse_response(&last);
     assert_eq!(last.status, 200, "{last:?}");
     assert_eq!(last.header("Connection"), None, "{last:?}");
+    assert_eq!(last.header("Keep-Alive"), None, "{last:?}");
 
-    // HTTP/1.1 answers stay as they were: keep-alive is the default there.
+    // HTTP/1.1: keep-alive is the default there, only its time is said.
     let mut modern = std::net::TcpStream::connect(server.addr).expect("connect");
     modern.set_read_timeout(Some(10 * SECOND)).unwrap();
     let answer =
         parse_response(answer_on(&mut modern, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.header("Connection"), None, "{answer:?}");
+}
+
+#[test]
+fn a_kept_alive_connection_waits_five_seconds_for_its_next_request() {
+    // Pooled publishers that sent a request about every 2 s (the old idle
+    // timeout) now and then sent it just as the server closed, and got no
+    // answer. Answers now say how long the server waits.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let mut connection = std::net::TcpStream::connect(server.addr).expect("connect");
+    let health = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+    let first = parse_response(answer_on(&mut connection, health).as_bytes());
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(
+        first.header("Keep-Alive").as_deref(),
+        Some("timeout=5"),
+        "{first:?}"
+    );
+    let mut unexpected = Vec::new();
+    assert!(
+        !read_until_closed(&mut connection, 3 * SECOND, &mut unexpected),
+        "closed within 3 s of the answer: {unexpected:?}"
+    );
+    connection.set_read_timeout(Some(10 * SECOND)).unwrap();
+    let second = parse_response(answer_on(&mut connection, health).as_bytes());
+    assert_eq!(second.status, 200, "{second:?}");
+    let idle_since = Instant::now();
+    assert!(
+        read_until_closed(&mut connection, 15 * SECOND, &mut unexpected),
+        "still open 15 s after the answer"
+    );
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    assert!(
+        idle_since.elapsed() >= 4 * SECOND,
+        "closed after {:?}",
+        idle_since.elapsed()
+    );
+
+    // A request that closes its connection is not told it stays.
+    let closing = http(server.addr, "GET", "/health", &[], b"");
+    assert_eq!(closing.header("Keep-Alive"), None, "{closing:?}");
 }
 
 #[test]
@@ -602,9 +648,11 @@ fn options_come_from_the_environment_too() {
 fn head_of_a_stream_path_is_the_streams_head_without_a_stream() {
     use std::io::{Read, Write};
     let server = TestServer::start(&["--cors-origin", "*"]);
-    let head_of = |path: &str| {
+    // `extra`: more header lines. Without `Connection: close` the server
+    // must close on its own: no stream is left open.
+    let head_of = |path: &str, extra: &str| {
         let mut s = std::net::TcpStream::connect(server.addr).unwrap();
-        s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        s.write_all(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").as_bytes())
             .unwrap();
         s.set_read_timeout(Some(10 * SECOND)).unwrap();
         let started = std::time::Instant::now();
@@ -617,7 +665,7 @@ fn head_of_a_stream_path_is_the_streams_head_without_a_stream() {
         String::from_utf8_lossy(&answer).to_string()
     };
     for path in ["/", "/events?channel=a&channel=b"] {
-        let answer = head_of(path);
+        let answer = head_of(path, "");
         assert!(answer.starts_with("HTTP/1.1 200"), "HEAD {path}: {answer}");
         assert!(
             answer.contains("Content-Type: text/event-stream; charset=utf-8\r\n"),
@@ -632,7 +680,8 @@ fn head_of_a_stream_path_is_the_streams_head_without_a_stream() {
             "HEAD {path}: no body, got {answer:?}"
         );
     }
-    let bad = head_of("/events?channel=no%20spaces");
+    // An error answer leaves the connection open for a next request.
+    let bad = head_of("/events?channel=no%20spaces", "Connection: close\r\n");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     assert!(bad.ends_with("\r\n\r\n"), "a HEAD answer has no body: {bad:?}");
     assert_eq!(open_streams(server.addr), 0, "no stream was opened");

@@ -5,6 +5,7 @@ use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
+use std::time::Duration;
 use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Method};
@@ -34,6 +35,13 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // tinysse: how long to wait for a next request once one was read (None:
+    // the socket's own read timeout throughout), the socket's own read
+    // timeout, and whether a request was read yet
+    keep_alive_idle: Option<Duration>,
+    read_timeout: Option<Duration>,
+    served: bool,
 }
 
 /// Error that can happen when reading a request.
@@ -70,12 +78,22 @@ fn line_error(error: IoError, version: HTTPVersion) -> ReadError {
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
+    ///
+    /// tinysse: `keep_alive_idle`, when given, is how long the connection may
+    /// be silent between one request and the start of the next; the first
+    /// request, and every request once it started, keep the socket's own
+    /// read timeout.
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        keep_alive_idle: Option<Duration>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let read_timeout = match keep_alive_idle {
+            Some(_) => read_socket.read_timeout().unwrap_or(None),
+            None => None,
+        };
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -87,6 +105,9 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            keep_alive_idle,
+            read_timeout,
+            served: false,
         }
     }
 
@@ -129,9 +150,19 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self
-                    .read_next_line()
-                    .map_err(|e| line_error(e, HTTPVersion(1, 1)))?;
+                // tinysse: a kept-alive connection waits longer for its next
+                // request than a new one for its first.
+                let idle = self.keep_alive_idle.filter(|_| self.served);
+                if idle.is_some() {
+                    let socket = self.next_header_source.turn().get_ref();
+                    socket.set_read_timeout(idle).ok();
+                }
+                let line = self.read_next_line();
+                if idle.is_some() {
+                    let socket = self.next_header_source.turn().get_ref();
+                    socket.set_read_timeout(self.read_timeout).ok();
+                }
+                let line = line.map_err(|e| line_error(e, HTTPVersion(1, 1)))?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -204,6 +235,7 @@ impl ClientConnection {
         })?;
 
         // return the request
+        self.served = true;
         Ok(request)
     }
 }

@@ -244,6 +244,18 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_keeping_alive(listener, ssl_config, None)
+    }
+
+    /// tinysse: [`Server::from_listener`], and a connection may be silent
+    /// for `keep_alive_idle` between a request and its next one (instead of
+    /// the socket's read timeout, which still bounds the wait for a first
+    /// request and each read within a request).
+    pub fn from_listener_keeping_alive<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        keep_alive_idle: Option<std::time::Duration>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -312,7 +324,11 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            keep_alive_idle,
+                        ))
                     }
                     Err(e) => Err(e),
                 };
