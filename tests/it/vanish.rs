@@ -190,19 +190,25 @@ fn inner_stream_of_a_vanished_client_ends() {
     drop((demo, client));
 }
 
-#[test]
-fn a_client_that_reads_nothing_for_a_while_keeps_its_stream() {
-    // Its kernel acknowledges the pings (its receive buffer has room) while
-    // it reads nothing, for many times the write timeout: the stream stays,
-    // and everything comes once it reads.
-    let server = TestServer::start(&[
+/// A server without demo events that pings every 100 ms and checks each
+/// ping's acknowledgement 50 ms later.
+fn checking_every_100ms() -> TestServer {
+    TestServer::start(&[
         "--tick-interval",
         "0",
         "--ping-interval",
         "100ms",
         "--write-timeout",
         "50ms",
-    ]);
+    ])
+}
+
+#[test]
+fn a_client_that_reads_nothing_for_a_while_keeps_its_stream() {
+    // Its kernel acknowledges the pings (its receive buffer has room) while
+    // it reads nothing, for many times the write timeout: the stream stays,
+    // and everything comes once it reads.
+    let server = checking_every_100ms();
     let mut client = SseClient::connect(server.addr, "/events?channel=idle", &[]);
     let pinged = |client: &mut SseClient| {
         client
@@ -294,14 +300,7 @@ fn the_acknowledgement_checks_share_one_socket_opened_at_start() {
     // The checks' netlink socket is opened at start, not at the first check,
     // and every check uses it: once the streams' readers are let go, a
     // stream costs one descriptor, checks or not.
-    let server = TestServer::start(&[
-        "--tick-interval",
-        "0",
-        "--ping-interval",
-        "100ms",
-        "--write-timeout",
-        "50ms",
-    ]);
+    let server = checking_every_100ms();
     assert_eq!(get(server.addr, "/health").status, 200);
     let at_start = fewest_descriptors(&server);
     let mut clients: Vec<SseClient> = (0..3)
