@@ -53,6 +53,8 @@ pub struct ApiError {
     status: u16,
     message: String,
     headers: Vec<(&'static str, String)>,
+    /// The server closes the connection after this answer, which says so.
+    closes_connection: bool,
 }
 
 impl ApiError {
@@ -61,7 +63,14 @@ impl ApiError {
             status,
             message: message.into(),
             headers: Vec::new(),
+            closes_connection: false,
         }
+    }
+
+    /// The same error, said to close its connection (`Connection: close`).
+    fn closing(mut self) -> ApiError {
+        self.closes_connection = true;
+        self
     }
 
     fn with_header(mut self, name: &'static str, value: impl Into<String>) -> ApiError {
@@ -272,20 +281,20 @@ fn requested_channels(query: &str) -> Vec<String> {
 /// any later one on its connection, which is then marked and closed.
 fn framing_error(app: &App, request: &Request, peer: SocketAddr) -> Option<ApiError> {
     if app.marked.is_marked(peer) {
-        return Some(ApiError::new(
-            400,
-            "an earlier request on this connection had ambiguous framing; not served, and the connection is closed",
-        ));
+        return Some(
+            ApiError::new(
+                400,
+                "an earlier request on this connection had ambiguous framing; not served, and the connection is closed",
+            )
+            .closing(),
+        );
     }
     let ambiguity = crate::framing::ambiguity(request.headers())?;
     app.marked.mark(peer);
     // Its reader is let go as a stream's is: the connection closes once
     // the answers are out.
     app.fresh_streams.push(peer);
-    Some(ApiError::new(
-        400,
-        format!("{ambiguity}; the connection is closed"),
-    ))
+    Some(ApiError::new(400, format!("{ambiguity}; the connection is closed")).closing())
 }
 
 /// Runs `job` on a thread of its own, so that the dispatch loop never
@@ -821,7 +830,14 @@ fn respond_error(app: &App, request: Request, error: ApiError) {
         error.status,
         error.message
     );
-    send(request, error_response(&error, app.config.cors_origin.as_deref()));
+    let response = error_response(&error, app.config.cors_origin.as_deref());
+    if error.closes_connection {
+        if let Err(e) = keep_alive::respond_closing(request, response) {
+            log::debug!("could not send a response: {e}");
+        }
+    } else {
+        send(request, response);
+    }
 }
 
 fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Cursor<Vec<u8>>> {

@@ -1,4 +1,5 @@
-//! Kept-alive connections, said in the answer.
+//! What an answer says of its connection: kept alive, and for how long, or
+//! closed.
 //!
 //! A connection that stays open after an answer waits
 //! [`listener::KEEP_ALIVE_IDLE`](crate::listener::KEEP_ALIVE_IDLE) for its
@@ -59,6 +60,22 @@ pub fn respond_kept<R: Read>(request: Request, response: Response<R>) -> io::Res
             Err(()) => request.respond(response),
         };
     }
+    let lines = format!("Connection: keep-alive\r\nKeep-Alive: {timeout}\r\n");
+    respond_with_lines(request, response, lines.as_bytes())
+}
+
+/// Answers `request` with `response` and `Connection: close`, for a
+/// connection the server is about to close (one marked by `framing`).
+///
+/// # Errors
+/// The error of printing the response or of writing it to the client.
+pub fn respond_closing<R: Read>(request: Request, response: Response<R>) -> io::Result<()> {
+    respond_with_lines(request, response, b"Connection: close\r\n")
+}
+
+/// Answers `request` with `response` printed by tiny_http and header
+/// `lines` added (headers tiny_http does not let a handler set).
+fn respond_with_lines<R: Read>(request: Request, response: Response<R>, lines: &[u8]) -> io::Result<()> {
     let head_only = *request.method() == Method::Head;
     let mut answer = Vec::new();
     response.raw_print(
@@ -68,8 +85,7 @@ pub fn respond_kept<R: Read>(request: Request, response: Response<R>) -> io::Res
         head_only,
         None,
     )?;
-    let lines = format!("Connection: keep-alive\r\nKeep-Alive: {timeout}\r\n");
-    insert_after_status_line(&mut answer, lines.as_bytes());
+    insert_after_status_line(&mut answer, lines);
     let mut writer = request.into_writer();
     writer.write_all(&answer)?;
     writer.flush()

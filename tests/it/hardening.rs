@@ -910,6 +910,13 @@ fn a_request_smuggled_behind_ambiguous_framing_is_not_served_and_the_connection_
             "{framing:?}: something was served: {answer}"
         );
         assert!(answer.contains("connection is closed"), "{framing:?}: {answer}");
+        // And each answer says so, as HTTP wants of a server that closes.
+        assert_eq!(
+            answer.matches("\r\nConnection: close\r\n").count(),
+            answer.matches("HTTP/1.1 400").count(),
+            "{framing:?}: {answer}"
+        );
+        assert!(!answer.contains("Keep-Alive"), "{framing:?}: {answer}");
     }
     assert_eq!(
         metric(server.addr, "tinysse_events_published_total"),
