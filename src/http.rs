@@ -832,9 +832,7 @@ fn respond_error(app: &App, request: Request, error: ApiError) {
     );
     let response = error_response(&error, app.config.cors_origin.as_deref());
     if error.closes_connection {
-        if let Err(e) = keep_alive::respond_closing(request, response) {
-            log::debug!("could not send a response: {e}");
-        }
+        note_unsent(keep_alive::respond_closing(request, response));
     } else {
         send(request, response);
     }
@@ -865,11 +863,15 @@ pub fn answer_overflow(requests: Receiver<Request>, cors_origin: Option<String>)
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {
-    let sent = if keep_alive::stays_open(&request) {
+    note_unsent(if keep_alive::stays_open(&request) {
         keep_alive::respond_kept(request, response)
     } else {
         request.respond(response)
-    };
+    });
+}
+
+/// An answer that could not be written: its client left; worth a debug line.
+fn note_unsent(sent: std::io::Result<()>) {
     if let Err(e) = sent {
         log::debug!("could not send a response: {e}");
     }
