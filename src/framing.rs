@@ -52,30 +52,61 @@ pub fn ambiguity(headers: &[Header]) -> Option<String> {
     None
 }
 
-/// The connections that sent a request with ambiguous framing, by peer.
-#[derive(Debug, Default)]
+/// How long a connection whose answer ended it (a stream, the head of one)
+/// stays marked: long enough for any request the client sent behind it
+/// to have reached the dispatcher (its reader is let go within 1.5 s),
+/// short enough that a new connection from the same port is not taken for
+/// it.
+pub const ENDED_FOR: Duration = Duration::from_secs(5);
+
+/// At most this many connections marked as ended at once: 5 s of a burst
+/// of 800 streams a second.
+pub const MAX_ENDED: usize = 4096;
+
+/// Connections marked by peer for a while: those that sent a request with
+/// ambiguous framing, those whose answer ended them.
+#[derive(Debug)]
 pub struct MarkedConnections {
     marks: Mutex<Vec<(SocketAddr, Instant)>>,
+    marked_for: Duration,
+    max_marked: usize,
+}
+
+impl Default for MarkedConnections {
+    /// For ambiguous framing: [`MARKED_FOR`], [`MAX_MARKED`].
+    fn default() -> Self {
+        MarkedConnections::new(MARKED_FOR, MAX_MARKED)
+    }
 }
 
 impl MarkedConnections {
+    /// Marks that last `marked_for`, at most `max_marked` at once (past it
+    /// the oldest goes).
+    pub fn new(marked_for: Duration, max_marked: usize) -> MarkedConnections {
+        MarkedConnections {
+            marks: Mutex::new(Vec::new()),
+            marked_for,
+            max_marked,
+        }
+    }
+
     /// Marks the connection from `peer`.
     pub fn mark(&self, peer: SocketAddr) {
         let mut marks = self.lock();
         let now = Instant::now();
-        marks.retain(|(_, at)| now.saturating_duration_since(*at) < MARKED_FOR);
-        if marks.len() >= MAX_MARKED {
+        marks.retain(|(_, at)| now.saturating_duration_since(*at) < self.marked_for);
+        if marks.len() >= self.max_marked {
             marks.remove(0);
         }
         marks.push((peer, now));
     }
 
-    /// True if the connection from `peer` was marked (within [`MARKED_FOR`]).
+    /// True if the connection from `peer` was marked (and the mark lasts).
     pub fn is_marked(&self, peer: SocketAddr) -> bool {
         let marks = self.lock();
         marks
             .iter()
-            .any(|(p, at)| *p == peer && at.elapsed() < MARKED_FOR)
+            .any(|(p, at)| *p == peer && at.elapsed() < self.marked_for)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, Instant)>> {

@@ -208,14 +208,30 @@ fn handle(app: &Arc<App>, request: Request) {
         );
         return answer_error_later(app, request, error);
     }
-    if let Some(peer) = request.remote_addr().copied() {
+    let peer = request.remote_addr().copied();
+    if let Some(peer) = peer {
+        if app.ended.is_marked(peer) {
+            log::debug!(
+                "{} {} from {peer}: behind a stream on its connection, not served",
+                request.method(),
+                request.url()
+            );
+            return app.discard(request);
+        }
         if let Some(error) = framing_error(app, &request, peer) {
             return answer_error_later(app, request, error);
         }
     }
     let url = origin_form(request.url());
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    match route(request.method(), path, app.config.cors_origin.is_some()) {
+    let route = route(request.method(), path, app.config.cors_origin.is_some());
+    if let (Some(peer), Route::Stream { .. } | Route::Plain(Plain::StreamHead)) = (peer, &route) {
+        // Its answer says `Connection: close`; what the client sent behind
+        // it on the same connection must not be served (a request thread
+        // would wait for the stream's end to answer it).
+        app.ended.mark(peer);
+    }
+    match route {
         Route::Stream { demo } => open_stream(app, request, query, demo),
         Route::Plain(plain) => {
             let (path, query) = (path.to_string(), query.to_string());
@@ -284,17 +300,30 @@ fn framing_error(app: &App, request: &Request, peer: SocketAddr) -> Option<ApiEr
         return Some(
             ApiError::new(
                 400,
-                "an earlier request on this connection had ambiguous framing; not served, and the connection is closed",
+                "an earlier request on this connection had ambiguous framing or a body that could not be read; not served, and the connection is closed",
             )
             .closing(),
         );
     }
     let ambiguity = crate::framing::ambiguity(request.headers())?;
-    app.marked.mark(peer);
-    // Its reader is let go as a stream's is: the connection closes once
-    // the answers are out.
-    app.fresh_streams.push(peer);
-    Some(ApiError::new(400, format!("{ambiguity}; the connection is closed")).closing())
+    Some(end_connection(
+        app,
+        request,
+        ApiError::new(400, format!("{ambiguity}; the connection is closed")),
+    ))
+}
+
+/// `error`, after which `request`'s connection is done with: where its
+/// next request starts is not known (ambiguous framing, a body that could
+/// not be read to its end, a chunked one among them). Later requests read
+/// from it get `400` unserved, and its reader is let go as a stream's is, so
+/// the connection closes once the answers are out.
+fn end_connection(app: &App, request: &Request, error: ApiError) -> ApiError {
+    if let Some(peer) = request.remote_addr() {
+        app.marked.mark(*peer);
+        app.fresh_streams.push(*peer);
+    }
+    error.closing()
 }
 
 /// Runs `job` on a thread of its own, so that the dispatch loop never
@@ -757,7 +786,8 @@ fn publish_request(
     let json = request_header(request, "Content-Type").is_some_and(publish::is_json);
     // Framing was checked by the dispatcher (`framing_error`).
     let declared = request.body_length();
-    let body = publish::read_body(request.as_reader(), declared, app.config.max_body)?;
+    let body = publish::read_body(request.as_reader(), declared, app.config.max_body)
+        .map_err(|e| end_connection(app, request, ApiError::from(e)))?;
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);
     let (published, fan_out) = match &app.redis {
@@ -850,6 +880,14 @@ fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Curso
         response.add_header(header("Access-Control-Allow-Origin", origin));
     }
     response
+}
+
+/// Lets a request go unanswered, on the discard thread: its writer is
+/// dropped unused (a request thread would wait for the stream before it to
+/// end), then the request, whose body tiny_http reads to its end (for at
+/// most the read timeout).
+pub fn discard(request: Request) {
+    drop(request.into_writer());
 }
 
 /// The overflow thread: answers `503` to each request that no thread of its

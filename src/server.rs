@@ -145,6 +145,9 @@ pub struct App {
     pub fresh_streams: Arc<FreshStreams>,
     /// Connections that sent a request with ambiguous framing.
     pub marked: crate::framing::MarkedConnections,
+    /// Connections whose answer ended them (a stream, the head of one): a
+    /// request that came behind on the same connection is discarded.
+    pub ended: crate::framing::MarkedConnections,
     /// Where streams send their closing lines.
     pub stream_log: StreamLog,
     /// Ready (disconnected) once streams must end.
@@ -153,6 +156,7 @@ pub struct App {
     stopping: AtomicBool,
     requests_in_flight: AtomicUsize,
     overflow_tx: Sender<tiny_http::Request>,
+    discard_tx: Sender<tiny_http::Request>,
 }
 
 impl App {
@@ -160,6 +164,13 @@ impl App {
     pub fn overflow(&self, request: tiny_http::Request) {
         // The overflow thread lives as long as the process.
         let _ = self.overflow_tx.send(request);
+    }
+
+    /// Hands `request` to the discard thread, which lets it go unanswered
+    /// (see `http::discard`).
+    pub fn discard(&self, request: tiny_http::Request) {
+        // The discard thread lives as long as the process.
+        let _ = self.discard_tx.send(request);
     }
 
     /// True once the server is stopping.
@@ -302,6 +313,12 @@ impl Server {
             .stack_size(crate::SMALL_STACK)
             .spawn(move || crate::http::answer_overflow(overflow_rx, cors_origin))
             .map_err(StartError::Thread)?;
+        let (discard_tx, discard_rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("discard".into())
+            .stack_size(crate::SMALL_STACK)
+            .spawn(move || discard_rx.into_iter().for_each(crate::http::discard))
+            .map_err(StartError::Thread)?;
         let app = Arc::new(App {
             stream_settings: StreamSettings {
                 ping_interval: config.ping_interval,
@@ -317,12 +334,17 @@ impl Server {
             heads: Arc::new(HeadLog::default()),
             fresh_streams: Arc::new(FreshStreams::default()),
             marked: crate::framing::MarkedConnections::default(),
+            ended: crate::framing::MarkedConnections::new(
+                crate::framing::ENDED_FOR,
+                crate::framing::MAX_ENDED,
+            ),
             stream_log: StreamLog::start().map_err(StartError::Thread)?,
             shutdown_rx,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),
             overflow_tx,
+            discard_tx,
         });
         let period = ping_clock_period(app.config.ping_interval);
         let clock_broker = Arc::clone(&app.broker);

@@ -463,6 +463,84 @@ fn connections_are_accepted_after_idle_periods_longer_than_the_read_timeout() {
 }
 
 #[test]
+fn requests_sent_behind_a_stream_or_its_head_are_not_served() {
+    // The stream's head says `Connection: close`. A request pipelined
+    // behind it used to be served on a request thread that then waited for
+    // the stream's end to write its answer: a publish went through
+    // unanswered, and 520 such connections held every request thread, so
+    // no one else got an answer.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let behind = "POST /publish?channel=behind HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
+    let mut held = Vec::new();
+    for n in 0..40 {
+        let first = if n % 2 == 0 {
+            "GET /events?channel=held HTTP/1.1\r\nHost: x\r\n\r\n"
+        } else {
+            "HEAD /events?channel=held HTTP/1.1\r\nHost: x\r\n\r\n"
+        };
+        let mut connection = TcpStream::connect(server.addr).expect("connect");
+        connection
+            .write_all(format!("{first}GET /health HTTP/1.1\r\nHost: x\r\n\r\n{behind}").as_bytes())
+            .expect("send");
+        held.push(connection);
+    }
+    wait_open_streams(&server, 20);
+    // Everyone else is served, at once.
+    for _ in 0..5 {
+        assert_eq!(get(server.addr, "/health").status, 200);
+    }
+    publish(server.addr, "other", "served");
+    assert_eq!(
+        metric(server.addr, "tinysse_events_published_total"),
+        1.0,
+        "only the publish from its own connection went through"
+    );
+    // The connections behind a HEAD got the head and then their end.
+    for (n, connection) in held.iter_mut().enumerate().filter(|(n, _)| n % 2 == 1) {
+        let mut answer = Vec::new();
+        assert!(
+            read_until_closed(connection, LONG, &mut answer),
+            "HEAD connection {n} still open"
+        );
+        let text = String::from_utf8_lossy(&answer);
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one answer only: {text:?}");
+    }
+}
+
+#[test]
+fn a_chunked_body_that_cannot_be_decoded_ends_its_connection() {
+    // The bytes after a bad chunk size were read as the next request: a
+    // publish smuggled in a body went through.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let smuggled = "POST /publish?channel=smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nSMUGG";
+    for size in ["zz", "fffffffffffffffff2"] {
+        let request = format!(
+            "POST /publish?channel=outer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n{smuggled}"
+        );
+        let answer = String::from_utf8_lossy(&answer_to(server.addr, request.as_bytes())).to_string();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{size}: {answer}");
+        assert!(answer.contains("\r\nConnection: close\r\n"), "{size}: {answer}");
+        assert!(
+            !answer.contains(" 200 OK"),
+            "{size}: something was served: {answer}"
+        );
+    }
+    // A body over --max-body ends its connection too: what follows it is
+    // not known to be a request.
+    let big = format!(
+        "POST /publish?channel=outer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n20000\r\n{}\r\n0\r\n\r\n",
+        "x".repeat(0x20000)
+    );
+    let answer = String::from_utf8_lossy(&answer_to(server.addr, big.as_bytes())).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
+    // What tiny_http reads of the rest before the connection closes is no
+    // request (its own 400 at most), and nothing is served.
+    assert!(!answer.contains(" 200 OK"), "something was served: {answer}");
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
+}
+
+#[test]
 fn requests_pipelined_behind_a_stream_do_not_stall_the_server() {
     let server = TestServer::start(&["--tick-interval", "0"]);
     let mut stream = TcpStream::connect(server.addr).unwrap();
