@@ -2,7 +2,7 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -152,17 +152,19 @@ impl ClientConnection {
             let (method, path, version) = {
                 // tinysse: a kept-alive connection waits longer for its next
                 // request than a new one for its first.
+                // Only the wait for its first byte: the rest of the head
+                // has the socket's own timeout.
                 let idle = self.keep_alive_idle.filter(|_| self.served);
                 if idle.is_some() {
-                    let socket = self.next_header_source.turn().get_ref();
-                    socket.set_read_timeout(idle).ok();
+                    let reader = self.next_header_source.turn();
+                    reader.get_ref().set_read_timeout(idle).ok();
+                    let first_byte = reader.fill_buf().map(|_| ());
+                    reader.get_ref().set_read_timeout(self.read_timeout).ok();
+                    first_byte.map_err(ReadError::ReadIoError)?;
                 }
-                let line = self.read_next_line();
-                if idle.is_some() {
-                    let socket = self.next_header_source.turn().get_ref();
-                    socket.set_read_timeout(self.read_timeout).ok();
-                }
-                let line = line.map_err(|e| line_error(e, HTTPVersion(1, 1)))?;
+                let line = self
+                    .read_next_line()
+                    .map_err(|e| line_error(e, HTTPVersion(1, 1)))?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
