@@ -144,6 +144,11 @@ fn assert_json_error(answer: &[u8], status: u16, sent: &[u8]) -> String {
         Some(response.body.len().to_string()),
         "{sent:?}: the whole body"
     );
+    assert_eq!(
+        response.header("Connection").as_deref(),
+        Some("close"),
+        "{sent:?}: the connection ends, and the answer says so"
+    );
     let message = response.json()["error"].as_str().map(str::to_string);
     message.unwrap_or_else(|| panic!("{sent:?}: no error message in {response:?}"))
 }
@@ -174,6 +179,19 @@ fn requests_tiny_http_refuses_get_json_errors_too() {
         assert!(message.contains(said), "{message:?} should mention {said:?}");
     }
     assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
+}
+
+#[test]
+fn an_http_1_0_client_gets_no_100_continue() {
+    // RFC 9110 (15.2): no 1xx to an HTTP/1.0 client, which takes it for
+    // the final answer.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let request =
+        b"POST /publish?channel=old HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi";
+    let answer = String::from_utf8_lossy(&answer_to(server.addr, request)).to_string();
+    assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 1.0);
 }
 
 #[test]

@@ -58,6 +58,7 @@ enum ReadError {
 
 /// tinysse: an error answer whose body is JSON `{"error": message}`, as the
 /// server's own error answers are. `message` is a constant: no escaping.
+/// Every such answer ends its connection, and says so.
 fn json_error(status: u16, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
     crate::Response::from_string(format!("{{\"error\":\"{message}\"}}"))
         .with_status_code(status)
@@ -65,6 +66,7 @@ fn json_error(status: u16, message: &str) -> crate::Response<std::io::Cursor<Vec
             crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
                 .expect("a valid constant header"),
         )
+        .with_connection_close()
 }
 
 /// tinysse: a line that is not ASCII is a client error, not an I/O one.

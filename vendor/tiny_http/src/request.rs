@@ -359,7 +359,9 @@ impl Request {
     ///  function will send back a `100 Continue` response.
     #[inline]
     pub fn as_reader(&mut self) -> &mut dyn Read {
-        if self.must_send_continue {
+        // tinysse: no 1xx to an HTTP/1.0 client (RFC 9110, 15.2), which
+        // would take it for the final answer.
+        if self.must_send_continue && self.http_version > HTTPVersion(1, 0) {
             let msg = Response::new_empty(StatusCode(100));
             msg.raw_print(
                 self.response_writer.as_mut().unwrap().by_ref(),

@@ -298,6 +298,14 @@ where
         self
     }
 
+    /// tinysse: the same response, saying `Connection: close` (a header
+    /// `add_header` refuses): for answers after which the connection closes.
+    pub(crate) fn with_connection_close(mut self) -> Response<R> {
+        self.headers
+            .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        self
+    }
+
     /// Returns the same request, but with a different status code.
     #[inline]
     pub fn with_status_code<S>(mut self, code: S) -> Response<R>
