@@ -182,6 +182,27 @@ fn requests_tiny_http_refuses_get_json_errors_too() {
 }
 
 #[test]
+fn a_small_body_that_stops_coming_gets_408() {
+    // tiny_http reads a body of 1 KiB or less whole before the request is
+    // handed on; one that paused past the read timeout there closed the
+    // connection without an answer.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let mut connection = TcpStream::connect(server.addr).expect("connect");
+    connection
+        .write_all(b"POST /publish?channel=slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab")
+        .expect("send");
+    let mut answer = Vec::new();
+    assert!(
+        read_until_closed(&mut connection, LONG, &mut answer),
+        "still open"
+    );
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let message = assert_json_error(&answer, 408, b"a body that stops");
+    assert!(message.contains("in time"), "{text}");
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
+}
+
+#[test]
 fn an_http_1_0_client_gets_no_100_continue() {
     // RFC 9110 (15.2): no 1xx to an HTTP/1.0 client, which takes it for
     // the final answer.

@@ -53,6 +53,9 @@ enum ReadError {
     ExpectationFailed(HTTPVersion),
     /// tinysse: a byte outside ASCII in the request line or a header
     NotAscii(HTTPVersion),
+    /// tinysse: a small body (read whole before the request is handed on)
+    /// that paused past the read timeout, or ended before its length
+    BodyUnread(HTTPVersion, ErrorKind),
     ReadIoError(IoError),
 }
 
@@ -231,7 +234,12 @@ impl ClientConnection {
         .map_err(|e| {
             use crate::request;
             match e {
-                request::RequestCreationError::CreationIoError(e) => ReadError::ReadIoError(e),
+                request::RequestCreationError::CreationIoError(e) => match e.kind() {
+                    kind @ (ErrorKind::WouldBlock
+                    | ErrorKind::TimedOut
+                    | ErrorKind::ConnectionAborted) => ReadError::BodyUnread(version, kind),
+                    _ => ReadError::ReadIoError(e),
+                },
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
                 }
@@ -301,6 +309,23 @@ impl Iterator for ClientConnection {
                     );
                     response.raw_print(writer, ver, &[], false, None).ok(); // tinysse: with its body
                     return None; // TODO: should be recoverable, but needs handling in case of body
+                }
+
+                Err(ReadError::BodyUnread(ver, kind)) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = if kind == ErrorKind::ConnectionAborted {
+                        json_error(
+                            400,
+                            "the body ended before its Content-Length; nothing was published",
+                        )
+                    } else {
+                        json_error(
+                            408,
+                            "body not received in time; nothing was published",
+                        )
+                    };
+                    response.raw_print(writer, ver, &[], false, None).ok();
+                    return None; // where the next request starts is unknown
                 }
 
                 Err(ReadError::NotAscii(ver)) => {
