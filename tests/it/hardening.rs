@@ -158,7 +158,7 @@ fn requests_tiny_http_refuses_get_json_errors_too() {
     let server = TestServer::start(&["--tick-interval", "0"]);
     let cases: [(&[u8], u16, &str); 6] = [
         (b"HELLO\r\n\r\n", 400, "request line"),
-        (b"GET / HTTP/9.9\r\n\r\n", 400, "request line"),
+        (b"GET /health HTTP/1.1 extra\r\n\r\n", 400, "request line"),
         (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400, "header"),
         // Before: the connection closed with no answer at all.
         (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "ASCII"),
@@ -203,6 +203,19 @@ fn a_small_body_that_stops_coming_gets_408() {
 }
 
 #[test]
+fn a_later_http_1_minor_version_is_served_as_1_1() {
+    // RFC 9110 (2.5): HTTP/1.2 is served as the highest 1.x spoken.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let answer = answer_to(
+        server.addr,
+        b"GET /health HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let response = parse_response(&answer);
+    assert!(response.head.starts_with("HTTP/1.1 200 "), "{response:?}");
+    assert_eq!(response.json()["status"], "ok");
+}
+
+#[test]
 fn an_http_1_0_client_gets_no_100_continue() {
     // RFC 9110 (15.2): no 1xx to an HTTP/1.0 client, which takes it for
     // the final answer.
@@ -224,7 +237,13 @@ fn http_2_request_lines_get_505_and_hold_no_thread() {
     let descriptors = server.fds();
     // `curl --http2-prior-knowledge` starts with this preface and a frame.
     let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00";
-    let requests: [&[u8]; 2] = [preface, b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n"];
+    let requests: [&[u8]; 4] = [
+        preface,
+        b"GET /health HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
+        // No such thing: an HTTP/0.9 request has no version.
+        b"GET /health HTTP/0.9\r\nHost: x\r\n\r\n",
+    ];
     for round in 0..3 {
         for request in requests {
             // Before: tiny_http's thread for the connection waited for

@@ -344,7 +344,7 @@ impl Iterator for ClientConnection {
             };
 
             // checking HTTP version
-            if *rq.http_version() > (1, 1) {
+            if *rq.http_version() > (1, 1) || *rq.http_version() < (1, 0) {
                 // tinysse: answered through the request's own writer. A new
                 // writer from the sink waited for this request's writer,
                 // alive in `rq`, to finish: the thread hung for ever and
@@ -390,17 +390,20 @@ impl Iterator for ClientConnection {
 }
 
 /// Parses a "HTTP/1.1" string.
+///
+/// tinysse: any `HTTP/<digit>.<digit>` (RFC 9112, 2.3); a later 1.x is taken
+/// as 1.1, the highest minor version served (RFC 9110, 2.5), and other
+/// major versions are left for a `505`.
 fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
+    let digits = version.strip_prefix("HTTP/").map(str::as_bytes);
+    let (major, minor) = match digits {
+        Some(&[major @ b'0'..=b'9', b'.', minor @ b'0'..=b'9']) => (major - b'0', minor - b'0'),
         _ => return Err(ReadError::WrongRequestLine),
     };
-
-    Ok(HTTPVersion(major, minor))
+    Ok(match (major, minor) {
+        (1, 2..=9) => HTTPVersion(1, 1),
+        _ => HTTPVersion(major, minor),
+    })
 }
 
 /// Parses the request line of the request.
@@ -411,6 +414,10 @@ fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadE
     let method = parts.next().and_then(|w| w.parse().ok());
     let path = parts.next().map(ToOwned::to_owned);
     let version = parts.next().and_then(|w| parse_http_version(w).ok());
+    // tinysse: nothing after the version (RFC 9112, 3)
+    if parts.next().is_some() {
+        return Err(ReadError::WrongRequestLine);
+    }
 
     method
         .and_then(|method| Some((method, path?, version?)))
