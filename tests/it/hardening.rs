@@ -216,6 +216,27 @@ fn a_later_http_1_minor_version_is_served_as_1_1() {
 }
 
 #[test]
+fn a_request_with_bare_lf_line_ends_is_served() {
+    // RFC 9112 (2.2) lets a server take a bare LF for CR LF, as hand-typed
+    // and scripted requests (`printf ... | nc`) send; they used to get no
+    // answer at all.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let answer = answer_to(
+        server.addr,
+        b"GET /health HTTP/1.1\nHost: x\nConnection: close\n\n",
+    );
+    let response = parse_response(&answer);
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["status"], "ok");
+    let published = answer_to(
+        server.addr,
+        b"POST /publish?channel=lf HTTP/1.1\nHost: x\nContent-Length: 2\nConnection: close\n\nhi",
+    );
+    assert_eq!(parse_response(&published).status, 200);
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 1.0);
+}
+
+#[test]
 fn an_http_1_0_client_gets_no_100_continue() {
     // RFC 9110 (15.2): no 1xx to an HTTP/1.0 client, which takes it for
     // the final answer.

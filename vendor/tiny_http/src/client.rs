@@ -137,8 +137,13 @@ impl ClientConnection {
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
 
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
+            // tinysse: a bare LF ends a line too (RFC 9112, 2.2: a
+            // recipient may take it so); it used to wait for a CR LF that
+            // never came, and the client got no answer.
+            if byte == b'\n' {
+                if prev_byte_was_cr {
+                    buf.pop(); // removing the '\r'
+                }
                 return AsciiString::from_ascii(buf)
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
