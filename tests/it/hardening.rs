@@ -156,7 +156,17 @@ fn assert_json_error(answer: &[u8], status: u16, sent: &[u8]) -> String {
 #[test]
 fn requests_tiny_http_refuses_get_json_errors_too() {
     let server = TestServer::start(&["--tick-interval", "0"]);
-    let cases: [(&[u8], u16, &str); 6] = [
+    let cases: [(&[u8], u16, &str); 10] = [
+        // Header lines a proxy in front could read otherwise: a space before
+        // the colon, an empty name, a NUL, obsolete line folding.
+        (
+            b"POST /publish?channel=a HTTP/1.1\r\nContent-Length : 1\r\n\r\nx",
+            400,
+            "header",
+        ),
+        (b"GET /health HTTP/1.1\r\n: v\r\n\r\n", 400, "header"),
+        (b"GET /health HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 400, "header"),
+        (b"GET /health HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n", 400, "header"),
         (b"HELLO\r\n\r\n", 400, "request line"),
         (b"GET /health HTTP/1.1 extra\r\n\r\n", 400, "request line"),
         (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400, "header"),

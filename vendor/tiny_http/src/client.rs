@@ -72,6 +72,20 @@ fn json_error(status: u16, message: &str) -> crate::Response<std::io::Cursor<Vec
         .with_connection_close()
 }
 
+/// tinysse: a header line as RFC 9112 (5) has it: a field name that is a
+/// token right before the colon (no space: `Host : x` is refused, as a
+/// proxy may read it otherwise), and no NUL or CR in the value. A line
+/// that starts with a space or tab (obsolete line folding) is refused too.
+fn is_well_formed_header(line: &str) -> bool {
+    let Some((name, value)) = line.split_once(':') else {
+        return false;
+    };
+    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !name.is_empty()
+        && name.bytes().all(is_tchar)
+        && !value.bytes().any(|b| b == 0 || b == b'\r')
+}
+
 /// tinysse: a line that is not ASCII is a client error, not an I/O one.
 fn line_error(error: IoError, version: HTTPVersion) -> ReadError {
     if error.kind() == ErrorKind::InvalidInput {
@@ -192,6 +206,9 @@ impl ClientConnection {
                     if line.is_empty() {
                         break;
                     };
+                    if !is_well_formed_header(line.as_str()) {
+                        return Err(ReadError::WrongHeader(version));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
