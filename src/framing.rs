@@ -30,8 +30,21 @@ pub const MARKED_FOR: Duration = Duration::from_secs(10);
 /// goes (a flood of bad requests must not grow memory).
 pub const MAX_MARKED: usize = 1024;
 
-/// What is ambiguous about a request's framing, if anything.
+/// What is ambiguous about a request's framing, if anything. A transfer
+/// coding other than `chunked` alone counts: tiny_http would take the body
+/// as chunked and hand on what the other coding left (a gzip body
+/// published as its compressed bytes).
 pub fn ambiguity(headers: &[Header]) -> Option<String> {
+    let unsupported = headers
+        .iter()
+        .filter(|h| h.field.equiv("Transfer-Encoding"))
+        .map(|h| h.value.as_str().trim())
+        .find(|coding| !coding.eq_ignore_ascii_case("chunked"));
+    if let Some(coding) = unsupported {
+        return Some(format!(
+            "Transfer-Encoding '{coding}' is not supported; send the body chunked or with a Content-Length"
+        ));
+    }
     let mut lengths = headers
         .iter()
         .filter(|h| h.field.equiv("Content-Length"))
@@ -136,6 +149,7 @@ mod tests {
             None
         );
         assert_eq!(ambiguity(&headers(&[("Transfer-Encoding", "chunked")])), None);
+        assert_eq!(ambiguity(&headers(&[("Transfer-Encoding", " Chunked ")])), None);
     }
 
     #[test]
@@ -149,6 +163,8 @@ mod tests {
         assert!(said(&[("Content-Length", "")]).contains("not a number"));
         assert!(said(&[("Content-Length", "99999999999999999999999")]).contains("not a number"));
         assert!(said(&[("Transfer-Encoding", "chunked"), ("Content-Length", "5")]).contains("both"));
+        assert!(said(&[("Transfer-Encoding", "gzip, chunked")]).contains("'gzip, chunked' is not supported"));
+        assert!(said(&[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "gzip")]).contains("'gzip'"));
     }
 
     #[test]
