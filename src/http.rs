@@ -224,15 +224,9 @@ fn handle(app: &Arc<App>, request: Request) {
     }
     let url = origin_form(request.url());
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let route = route(request.method(), path, app.config.cors_origin.is_some());
-    if let (Some(peer), Route::Stream { .. } | Route::Plain(Plain::StreamHead)) = (peer, &route) {
-        // Its answer says `Connection: close`; what the client sent behind
-        // it on the same connection must not be served (a request thread
-        // would wait for the stream's end to answer it).
-        app.ended.mark(peer);
-    }
-    match route {
+    match route(request.method(), path, app.config.cors_origin.is_some()) {
         Route::Stream { demo } => open_stream(app, request, query, demo),
+        Route::Plain(Plain::StreamHead) => open_stream_head(app, request, path, query),
         Route::Plain(plain) => {
             let (path, query) = (path.to_string(), query.to_string());
             on_request_thread(app, request, move |app, request| {
@@ -265,24 +259,41 @@ fn origin_form(target: &str) -> String {
 }
 
 /// Answers `HEAD` of a stream path with the head a `GET` gets (or its
-/// `400` for bad channels), without opening a stream.
-fn stream_head(app: &App, request: Request, path: &str, query: &str) {
+/// `400` for bad channels), without opening a stream. The checks run on the
+/// dispatcher, so that the connection is ended (`end_with_stream`) before
+/// its next request is taken; the head is written on a request thread.
+fn open_stream_head(app: &Arc<App>, request: Request, path: &str, query: &str) {
     if path == "/events" {
         if let Err(e) = broker::validate_subscription(&requested_channels(query)) {
-            return respond_error(app, request, e.into());
+            return answer_error_later(app, request, e.into());
         }
     }
+    if let Some(peer) = request.remote_addr() {
+        end_with_stream(app, *peer);
+    }
+    on_request_thread(app, request, |app, request| {
+        serve_plain(app, request, Plain::StreamHead, "", "")
+    });
+}
+
+/// Writes the head of a stream, which says `Connection: close`.
+fn stream_head(app: &App, request: Request) {
     let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
     let head = crate::stream::response_head(http10, app.config.cors_origin.as_deref());
-    // The head says `Connection: close`, as a stream's does: its reader is
-    // let go, so the connection closes once the head is out.
-    if let Some(peer) = request.remote_addr() {
-        app.fresh_streams.push(*peer);
-    }
     let mut writer = request.into_writer();
     if let Err(e) = writer.write_all(&head).and_then(|()| writer.flush()) {
         log::debug!("could not send a stream head: {e}");
     }
+}
+
+/// The connection from `peer` ends with the stream (or stream head) about
+/// to be written, whose head says `Connection: close`: what the client sent
+/// behind it is not served (`App::ended`; a request thread would wait for
+/// the stream's end to answer it), and tiny_http's reader of it is let go
+/// at once. Called on the dispatcher, before it takes the next request.
+fn end_with_stream(app: &App, peer: SocketAddr) {
+    app.ended.mark(peer);
+    app.fresh_streams.push(peer);
 }
 
 /// The `channel` values of a stream request's query, as given.
@@ -431,7 +442,9 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
                 Response::from_string(text).with_header(header("Content-Type", crate::metrics::CONTENT_TYPE)),
             );
         }
-        Plain::StreamHead => stream_head(app, request, path, query),
+        // Checked and its connection ended by the dispatcher
+        // (`open_stream_head`).
+        Plain::StreamHead => stream_head(app, request),
         Plain::DemoPage => {
             let page = Response::from_string(crate::DEMO_PAGE)
                 .with_header(header("Content-Type", "text/html; charset=utf-8"))
@@ -546,8 +559,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     match started {
         Ok(handoff) => {
             if let Some(peer) = peer {
-                // tiny_http's reader of the connection is let go at once.
-                app.fresh_streams.push(peer);
+                end_with_stream(app, peer);
             }
             let _ = handoff.send(StreamStart {
                 writer: request.into_writer(),

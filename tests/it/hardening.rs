@@ -573,6 +573,20 @@ fn requests_sent_behind_a_stream_or_its_head_are_not_served() {
         1.0,
         "only the publish from its own connection went through"
     );
+    // A stream request refused (bad channel) opens no stream and its answer
+    // keeps the connection: what comes behind it is served.
+    for method in ["GET", "HEAD"] {
+        let pipelined = format!(
+            "{method} /events?channel=no%20spaces HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let answers = String::from_utf8_lossy(&answer_to(server.addr, pipelined.as_bytes())).to_string();
+        assert!(answers.starts_with("HTTP/1.1 400 "), "{method}: {answers}");
+        assert!(
+            answers.contains("HTTP/1.1 200 OK") && answers.contains("\"status\":\"ok\""),
+            "{method}: the request after the 400 is served: {answers}"
+        );
+    }
     // The connections behind a HEAD got the head and then their end.
     for (n, connection) in held.iter_mut().enumerate().filter(|(n, _)| n % 2 == 1) {
         let mut answer = Vec::new();
