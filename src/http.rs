@@ -847,7 +847,9 @@ fn request_header<'a>(request: &'a Request, name: &'static str) -> Option<&'a st
         .map(|h| h.value.as_str())
 }
 
-fn header(name: &str, value: &str) -> Header {
+/// A response header from our own constant name and value (or a configured
+/// value); never fails.
+pub(crate) fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|()| {
         // Only our own constant names and configured values get here.
         Header::from_bytes(&b"X-Invalid-Header"[..], &b"1"[..]).expect("a valid constant header")

@@ -25,7 +25,7 @@
 
 use std::io::{self, Read, Write};
 
-use tiny_http::{HTTPVersion, Header, Method, Request, Response};
+use tiny_http::{HTTPVersion, Method, Request, Response};
 
 use crate::listener::KEEP_ALIVE_IDLE;
 
@@ -54,11 +54,7 @@ pub fn stays_open(request: &Request) -> bool {
 pub fn respond_kept<R: Read>(request: Request, response: Response<R>) -> io::Result<()> {
     let timeout = format!("timeout={}", KEEP_ALIVE_IDLE.as_secs());
     if *request.http_version() != HTTPVersion(1, 0) {
-        let header = Header::from_bytes(&b"Keep-Alive"[..], timeout.as_bytes());
-        return match header {
-            Ok(header) => request.respond(response.with_header(header)),
-            Err(()) => request.respond(response),
-        };
+        return request.respond(response.with_header(crate::http::header("Keep-Alive", &timeout)));
     }
     let lines = format!("Connection: keep-alive\r\nKeep-Alive: {timeout}\r\n");
     respond_with_lines(request, response, lines.as_bytes())
