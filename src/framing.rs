@@ -8,8 +8,9 @@
 //! the connection's next request: a request smuggled inside another one's
 //! body. So such a request gets `400`, and its connection is done with
 //! (RFC 9112, 6.3): every later request read from it gets `400` too, not
-//! served, and its reading side is shut down (the reader release's pass,
-//! as for a stream), which closes the connection once the answers are out.
+//! served, and its reading side is shut down (`Request::stop_reading`, as
+//! for a stream's head), which closes the connection once the answers are
+//! out.
 //!
 //! The dispatcher takes a connection's requests in order, so a request
 //! smuggled after an ambiguous one is always seen after the connection was

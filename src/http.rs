@@ -12,14 +12,14 @@
 //! `503`.
 
 use std::io::{Cursor, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response};
+use tiny_http::{Header, Method, Request, Response, TakenConnection};
 
 use crate::acceptor::{Acceptor, Next};
 use crate::broker::{self, BrokerError, EventId, PendingFanOut};
@@ -268,9 +268,7 @@ fn open_stream_head(app: &Arc<App>, request: Request, path: &str, query: &str) {
             return answer_error_later(app, request, e.into());
         }
     }
-    if let Some(peer) = request.remote_addr() {
-        end_with_stream(app, *peer);
-    }
+    end_with_stream(app, &request);
     on_request_thread(app, request, |app, request| {
         serve_plain(app, request, Plain::StreamHead, "", "")
     });
@@ -286,14 +284,18 @@ fn stream_head(app: &App, request: Request) {
     }
 }
 
-/// The connection from `peer` ends with the stream (or stream head) about
-/// to be written, whose head says `Connection: close`: what the client sent
-/// behind it is not served (`App::ended`; a request thread would wait for
-/// the stream's end to answer it), and tiny_http's reader of it is let go
-/// at once. Called on the dispatcher, before it takes the next request.
-fn end_with_stream(app: &App, peer: SocketAddr) {
-    app.ended.mark(peer);
-    app.fresh_streams.push(peer);
+/// The connection of `request` ends with the stream head about to be
+/// written, which says `Connection: close`: what the client sent behind it
+/// is not served (`App::ended`; a request thread would wait for the head
+/// to answer it), and tiny_http's reader of it is let go at once
+/// (`Request::stop_reading`). Called on the dispatcher, before it takes
+/// the next request. (A stream's connection is taken out of tiny_http
+/// instead, see [`open_stream`].)
+fn end_with_stream(app: &App, request: &Request) {
+    if let Some(peer) = request.remote_addr() {
+        app.ended.mark(*peer);
+    }
+    request.stop_reading();
 }
 
 /// The `channel` values of a stream request's query, as given.
@@ -332,8 +334,8 @@ fn framing_error(app: &App, request: &Request, peer: SocketAddr) -> Option<ApiEr
 fn end_connection(app: &App, request: &Request, error: ApiError) -> ApiError {
     if let Some(peer) = request.remote_addr() {
         app.marked.mark(*peer);
-        app.fresh_streams.push(*peer);
     }
+    request.stop_reading();
     error.closing()
 }
 
@@ -498,7 +500,9 @@ fn last_event_id(request: &Request, query: &str) -> Option<EventId> {
 
 /// What a stream's thread is handed once it exists.
 struct StreamStart {
-    writer: Box<dyn Write + Send>,
+    /// Boxed: every frame the hand-off passes through, under the stream's
+    /// long wait, holds a copy of this struct.
+    connection: Box<TakenConnection>,
     params: StreamRequest,
     slot: StreamSlot,
 }
@@ -545,36 +549,57 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         http10: request.http_version() == &tiny_http::HTTPVersion(1, 0),
         peer,
     };
-    // The thread gets the raw connection, not the request: dropping a
-    // `Request` runs tiny_http's `Drop`, whose frame alone is over 8 KiB of
-    // stack (its unused 500-response path), and every stack page a stream
-    // thread ever touches stays resident for the stream's whole life.
-    // The request's parts go through the hand-off too, not into the
-    // thread's closure: std keeps that closure's box until the thread ends
-    // (152 bytes with them, 24 without).
+    // The thread gets the connection, taken out of tiny_http, not the
+    // request: dropping a `Request` runs tiny_http's `Drop`, whose frame
+    // alone is over 8 KiB of stack (its unused 500-response path), and
+    // every stack page a stream thread ever touches stays resident for the
+    // stream's whole life. The request's parts go through the hand-off
+    // too, not into the thread's closure: std keeps that closure's box
+    // until the thread ends (152 bytes with them, 24 without).
     let thread_app = Arc::clone(app);
     let started = spawn_waiting("sse-stream", crate::SMALL_STACK, move |start: StreamStart| {
         serve_stream(&thread_app, start)
     });
-    match started {
-        Ok(handoff) => {
-            if let Some(peer) = peer {
-                end_with_stream(app, peer);
+    // Taken, the connection has a descriptor of the stream's own and no
+    // reader: tiny_http's reader stops at once (what the client sent
+    // behind the stream is not served: `App::ended`), and its buffers and
+    // the connection's second descriptor go with it.
+    let refused = match started {
+        Ok(handoff) => match request.take_connection() {
+            Ok(connection) => {
+                if let Some(peer) = peer {
+                    app.ended.mark(peer);
+                }
+                let _ = handoff.send(StreamStart {
+                    connection: Box::new(connection),
+                    params,
+                    slot,
+                });
+                return;
             }
-            let _ = handoff.send(StreamStart {
-                writer: request.into_writer(),
-                params,
-                slot,
-            });
-        }
+            Err((request, e)) => {
+                log::warn!("cannot take a stream's connection over: {e}");
+                request
+            }
+        },
         Err(e) => {
             log::warn!("cannot start a stream thread: {e}");
-            if let Some(peer) = peer {
-                app.heads.stream_closed(peer);
-            }
-            app.overflow(request);
+            request
         }
+    };
+    if let Some(peer) = peer {
+        app.heads.stream_closed(peer);
     }
+    app.overflow(refused);
+}
+
+/// The socket of a stream's connection, once the answers before it on the
+/// connection are written. Out of line: what it calls stays out of the
+/// frames a stream waits under.
+#[inline(never)]
+#[allow(clippy::boxed_local)] // boxed for the hand-off, see `StreamStart`
+fn stream_socket(connection: Box<TakenConnection>) -> TcpStream {
+    connection.into_socket()
 }
 
 /// A stream's thread: subscribes (after back-filling from Redis, which may
@@ -583,10 +608,11 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
 /// sent, so an event published once the client sees the head reaches it.
 fn serve_stream(app: &Arc<App>, start: StreamStart) {
     let StreamStart {
-        mut writer,
+        connection,
         params,
         slot,
     } = start;
+    let mut writer = stream_socket(connection);
     let peer = params.peer;
     let demo = params.demo;
     let http10 = params.http10;
@@ -620,11 +646,7 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
 /// [`end_stream`]: only what a stream keeps while it waits should be in
 /// the frames under its wait, every stack page it touches staying resident.
 #[inline(never)]
-fn stream_source(
-    app: &Arc<App>,
-    writer: &mut Box<dyn Write + Send>,
-    params: StreamRequest,
-) -> Option<Source> {
+fn stream_source(app: &Arc<App>, writer: &mut TcpStream, params: StreamRequest) -> Option<Source> {
     let StreamRequest {
         demo,
         channels: names,

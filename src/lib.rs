@@ -22,9 +22,8 @@
 //! - [`publish`]: publish bodies;
 //! - [`metrics`] and [`stats`]: counters and their exposition;
 //! - [`listener`]: the listening socket's options;
-//! - [`periodic`]: background threads that work in rounds (keep-awake, head guard, reader release);
+//! - [`periodic`]: background threads that work in rounds (keep-awake, head guard, ping clock);
 //! - [`head_guard`]: closing connections that trickle their request head;
-//! - [`reader_release`]: ending tiny_http's reader of a stream's connection at once;
 //! - [`rss_watch`]: noticing the server's memory grow fast;
 //! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
@@ -50,7 +49,6 @@ pub mod logger;
 pub mod metrics;
 pub mod periodic;
 pub mod publish;
-pub mod reader_release;
 pub mod redis_bus;
 mod redis_reader;
 mod redis_reply;

@@ -9,7 +9,8 @@
 //! - a short read timeout ([`IDLE_READ_TIMEOUT`]): tiny_http's pool thread,
 //!   which after a GET waits for a next request on the same connection, gives
 //!   up and closes its read half, so an open stream costs one thread and one
-//!   descriptor (a stream's reader is let go sooner, see `reader_release`);
+//!   descriptor (a stream's reader is let go at once: its connection is taken
+//!   out of tiny_http, see `http::open_stream`);
 //!   an unfinished request head is dropped after the same time;
 //! - the write timeout (`--write-timeout`): a write to a client that stopped
 //!   reading fails after that long, ending its stream;
@@ -82,7 +83,7 @@ pub const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// pooled publishers that published about every 2 s lost one POST in a few
 /// hundred. 5 s as Apache httpd and Node's http server; answers say it
 /// (`Keep-Alive: timeout=5`, see `keep_alive`). A stream's connection is
-/// not kept: its reader is let go (`reader_release`).
+/// not kept: it is taken out of tiny_http, whose reader stops at once.
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(5);
 
 /// How long a surplus tiny_http pool thread waits idle before it exits

@@ -18,7 +18,6 @@ use crate::config::Config;
 use crate::head_guard::{HeadGuard, HeadLog};
 use crate::listener::{self, KeepAwake};
 use crate::periodic::Periodic;
-use crate::reader_release::{FreshStreams, ReaderRelease};
 use crate::redis_bus::{BusError, RedisBus};
 use crate::stats::Stats;
 use crate::stream::StreamSettings;
@@ -93,8 +92,9 @@ pub fn streams_allowed(max_map_count: usize, maps_per_thread: usize) -> usize {
 /// limit when that is less): the server's own files, publishers and other
 /// plain requests, `503` answers past the stream limit, and above all the
 /// second descriptor tiny_http holds for each new connection until its
-/// reader leaves (a stream's is let go within about 250 ms, see
-/// `reader_release`; a silent new connection's after the 2 s read timeout).
+/// reader leaves (a stream's at once, its connection taken out of tiny_http,
+/// see `http::open_stream`; a silent new connection's after the 2 s read
+/// timeout).
 /// 1,000 covers a burst of 500 connects a second right up to
 /// the stream limit; a faster one runs out of descriptors for a moment, and
 /// its connections wait in the listen backlog (see `acceptor`).
@@ -141,8 +141,6 @@ pub struct App {
     pub stream_settings: StreamSettings,
     /// The request heads received, for the head guard.
     pub heads: Arc<HeadLog>,
-    /// The peers of new streams, whose readers are to be let go.
-    pub fresh_streams: Arc<FreshStreams>,
     /// Connections that sent a request with ambiguous framing.
     pub marked: crate::framing::MarkedConnections,
     /// Connections whose answer ended them (a stream, the head of one): a
@@ -239,7 +237,6 @@ pub struct Server {
     dispatcher: Option<JoinHandle<()>>,
     keep_awake: Option<KeepAwake>,
     head_guard: Option<HeadGuard>,
-    _reader_release: ReaderRelease,
     _ping_clock: Periodic,
 }
 
@@ -332,7 +329,6 @@ impl Server {
             redis,
             stats: Arc::new(Stats::default()),
             heads: Arc::new(HeadLog::default()),
-            fresh_streams: Arc::new(FreshStreams::default()),
             marked: crate::framing::MarkedConnections::default(),
             ended: crate::framing::MarkedConnections::new(
                 crate::framing::ENDED_FOR,
@@ -357,8 +353,6 @@ impl Server {
             crate::head_guard::head_bytes_limit(crate::http::MAX_HEAD_BYTES, app.config.max_body);
         let head_guard =
             HeadGuard::start(addr.port(), Arc::clone(&app.heads), head_bytes).map_err(StartError::Thread)?;
-        let reader_release =
-            ReaderRelease::start(addr.port(), Arc::clone(&app.fresh_streams)).map_err(StartError::Thread)?;
         let keep_awake = KeepAwake::start(listener::connect_address(addr)).map_err(StartError::Thread)?;
         let dispatch_app = Arc::clone(&app);
         let dispatcher = std::thread::Builder::new()
@@ -371,7 +365,6 @@ impl Server {
             dispatcher: Some(dispatcher),
             keep_awake: Some(keep_awake),
             head_guard: Some(head_guard),
-            _reader_release: reader_release,
             _ping_clock: ping_clock,
         })
     }

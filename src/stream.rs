@@ -7,13 +7,14 @@
 //! Why not tiny_http's `Response`: with a streaming body it chunk-encodes into
 //! an 8 KiB buffer that is not flushed per event (events arrive seconds late),
 //! and for HTTP/1.0 it reads the whole body before sending anything, which
-//! never happens for an endless stream. So a stream takes the raw connection
-//! (`Request::into_writer`) and writes its own response head: no
+//! never happens for an endless stream. So a stream takes its connection
+//! out of tiny_http (`Request::take_connection`, a patch of ours) and
+//! writes its own response head to the socket: no
 //! `Content-Length`, no chunking, `Connection: close`; the body ends when the
 //! connection closes, which HTTP/1.0 and 1.1 clients both accept.
 
-use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::io::{self, IoSlice, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,9 +104,44 @@ pub fn ping_text(now: time::OffsetDateTime) -> String {
     )
 }
 
+/// Events written with one `writev` at most.
+const EVENTS_PER_WRITE: usize = 8;
+
+/// Writes `events` (at most [`EVENTS_PER_WRITE`]) with one `writev`, and
+/// what a short write left with plain writes. Out of line: its slices stay
+/// out of the frames a stream waits under.
+#[inline(never)]
+fn write_all_events(socket: &mut TcpStream, events: &[Arc<Event>]) -> io::Result<()> {
+    let mut slices = [IoSlice::new(&[]); EVENTS_PER_WRITE];
+    for (slice, event) in slices.iter_mut().zip(events) {
+        *slice = IoSlice::new(&event.bytes);
+    }
+    if events.iter().all(|e| e.bytes.is_empty()) {
+        return Ok(());
+    }
+    let mut written = loop {
+        match socket.write_vectored(&slices[..events.len()]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    for event in events {
+        let length = event.bytes.len();
+        if written >= length {
+            written -= length;
+        } else {
+            socket.write_all(&event.bytes[written..])?;
+            written = 0;
+        }
+    }
+    Ok(())
+}
+
 /// A stream's connection and what it has sent.
 pub struct Stream {
-    writer: Box<dyn Write + Send>,
+    socket: TcpStream,
     stats: Arc<Stats>,
     /// Bytes written so far, head included.
     bytes_written: u64,
@@ -114,10 +150,11 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Wraps the raw connection of a request.
-    pub fn new(writer: Box<dyn Write + Send>, stats: Arc<Stats>) -> Stream {
+    /// Wraps the socket of a stream's connection, which nothing else
+    /// writes to.
+    pub fn new(socket: TcpStream, stats: Arc<Stats>) -> Stream {
         Stream {
-            writer,
+            socket,
             stats,
             bytes_written: 0,
             events_written: 0,
@@ -125,23 +162,19 @@ impl Stream {
     }
 
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes)?;
-        self.writer.flush()?;
+        self.socket.write_all(bytes)?;
         self.bytes_written += bytes.len() as u64;
         Ok(())
     }
 
     fn send_events(&mut self, events: &[Arc<Event>]) -> io::Result<()> {
-        if events.is_empty() {
-            return Ok(());
+        // Several pending events go out in one `writev`, up to
+        // `EVENTS_PER_WRITE` at a time.
+        for batch in events.chunks(EVENTS_PER_WRITE) {
+            write_all_events(&mut self.socket, batch)?;
+            let bytes: usize = batch.iter().map(|e| e.bytes.len()).sum();
+            self.bytes_written += bytes as u64;
         }
-        // Several pending events go out in one flush: the writer's buffer
-        // gathers small ones, big ones pass straight through.
-        for e in events {
-            self.writer.write_all(&e.bytes)?;
-            self.bytes_written += e.bytes.len() as u64;
-        }
-        self.writer.flush()?;
         self.events_written += events.len() as u64;
         self.stats.count_delivered(events.len() as u64);
         Ok(())
@@ -310,18 +343,14 @@ mod tests {
         assert!(head.contains("Access-Control-Allow-Origin: https://a.example\r\n"));
     }
 
-    /// A connection whose every write times out, as to a client that
-    /// stopped reading.
-    struct Stalled;
-
-    impl Write for Stalled {
-        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Err(io::ErrorKind::WouldBlock.into())
-        }
+    /// A connection whose every write fails (its writing side shut down),
+    /// as one to a client that stopped reading fails once its write times
+    /// out.
+    fn stalled() -> TcpStream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        socket.shutdown(std::net::Shutdown::Write).unwrap();
+        socket
     }
 
     #[test]
@@ -342,7 +371,7 @@ mod tests {
         };
         let (_shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
         let run = |subscription| {
-            let mut stream = Stream::new(Box::new(Stalled), Arc::new(Stats::default()));
+            let mut stream = Stream::new(stalled(), Arc::new(Stats::default()));
             stream.run(
                 false,
                 None,

@@ -262,10 +262,11 @@ fn threads_and_descriptors_are_released_after_clients_leave() {
         let first = client.next_block(10 * SECOND);
         assert_eq!(first.as_deref(), Some(demo_event(1).trim_end()), "client {n}");
     }
-    let threads_open = server.threads();
-    assert!(
-        threads_open >= threads_before + CLIENTS,
-        "one thread per stream: {threads_before} threads before, {threads_open} with {CLIENTS} streams"
+    assert_eq!(
+        server.stream_threads(),
+        CLIENTS,
+        "one thread per stream: {:?}",
+        server.thread_names()
     );
     assert!(
         wait_until(10 * SECOND, || open_streams(server.addr) == CLIENTS as u64),

@@ -130,6 +130,14 @@ impl TestServer {
             .expect("a Threads: line")
     }
 
+    /// How many of its threads are stream threads (named `sse-stream`).
+    pub fn stream_threads(&self) -> usize {
+        self.thread_names()
+            .iter()
+            .filter(|name| *name == "sse-stream")
+            .count()
+    }
+
     /// The names of its threads, from `/proc/<pid>/task/*/comm`, for
     /// failure messages.
     pub fn thread_names(&self) -> Vec<String> {

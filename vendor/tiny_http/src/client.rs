@@ -42,6 +42,11 @@ pub struct ClientConnection {
     keep_alive_idle: Option<Duration>,
     read_timeout: Option<Duration>,
     served: bool,
+
+    // tinysse: the connection's TCP descriptor (owned by the write half),
+    // given to each request for `stop_reading` and `take_connection`
+    #[cfg(unix)]
+    socket_fd: Option<std::os::fd::RawFd>,
 }
 
 /// Error that can happen when reading a request.
@@ -114,6 +119,8 @@ impl ClientConnection {
             None => None,
         };
 
+        #[cfg(unix)]
+        let socket_fd = write_socket.tcp_fd();
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
 
@@ -127,6 +134,8 @@ impl ClientConnection {
             keep_alive_idle,
             read_timeout,
             served: false,
+            #[cfg(unix)]
+            socket_fd,
         }
     }
 
@@ -237,6 +246,8 @@ impl ClientConnection {
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
+        #[cfg(unix)]
+        let shared = writer.shared();
 
         // follow-up for next potential request
         let mut data_source = self.source.next().unwrap();
@@ -267,6 +278,11 @@ impl ClientConnection {
                 }
             }
         })?;
+        #[cfg(unix)]
+        let request = match self.socket_fd {
+            Some(fd) => request.with_socket(shared, fd),
+            None => request,
+        };
 
         // return the request
         self.served = true;

@@ -116,6 +116,17 @@ impl Connection {
         }
     }
 
+    /// tinysse: the descriptor of a TCP connection (None for a Unix socket,
+    /// which tinysse does not serve).
+    #[cfg(unix)]
+    pub(crate) fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Tcp(s) => Some(s.as_raw_fd()),
+            Self::Unix(_) => None,
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

@@ -87,7 +87,10 @@
 //! # let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
 //! let _ = request.respond(response);
 //! ```
-#![forbid(unsafe_code)]
+// tinysse: deny, not forbid: `Request::stop_reading` and
+// `Request::take_connection` borrow the connection's descriptor (two blocks,
+// each allowed where it is, with its reason).
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
@@ -113,6 +116,8 @@ use util::MessagesQueue;
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
+#[cfg(unix)]
+pub use request::TakenConnection;
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
 

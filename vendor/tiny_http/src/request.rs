@@ -6,6 +6,17 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
+#[cfg(unix)]
+use std::{
+    io::BufWriter,
+    mem::ManuallyDrop,
+    net::{Shutdown, TcpStream},
+    os::fd::{BorrowedFd, FromRawFd, RawFd},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+#[cfg(unix)]
+use crate::util::RefinedTcpStream;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -74,6 +85,69 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // tinysse: the connection's write half, shared by the writers of its
+    // answers, and the TCP descriptor it owns (None for a request not read
+    // from a TCP connection). Held here, the write half keeps the
+    // descriptor open for `stop_reading` and `take_connection`.
+    #[cfg(unix)]
+    socket: Option<(SharedSocket, RawFd)>,
+}
+
+/// tinysse: a connection's write half, shared by the writers of its answers.
+#[cfg(unix)]
+pub(crate) type SharedSocket = Arc<Mutex<BufWriter<RefinedTcpStream>>>;
+
+/// tinysse: a connection taken out of tiny_http by
+/// [`Request::take_connection`], whose socket is not yet its taker's alone.
+///
+/// Dropped without [`TakenConnection::into_socket`], the connection is
+/// closed as tiny_http closes any.
+#[cfg(unix)]
+pub struct TakenConnection {
+    writer: Box<dyn Write + Send + 'static>,
+    shared: SharedSocket,
+    socket: TcpStream,
+    notify_when_responded: Option<Sender<()>>,
+}
+
+#[cfg(unix)]
+impl TakenConnection {
+    /// Waits until the answers to the requests read before this one on the
+    /// connection are written (for as long as that takes: the socket's
+    /// write timeout bounds each write), lets go of tiny_http's side of the
+    /// connection, and gives the socket out, with a descriptor of its own.
+    /// tiny_http no longer reads, writes or shuts down the socket.
+    pub fn into_socket(self) -> TcpStream {
+        let TakenConnection {
+            mut writer,
+            shared,
+            socket,
+            notify_when_responded,
+        } = self;
+        // A sequential writer's flush waits for its turn.
+        writer.flush().ok();
+        {
+            let mut half = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            half.flush().ok();
+            half.get_mut().keep_open();
+        }
+        drop(shared);
+        drop(writer);
+        if let Some(sender) = notify_when_responded {
+            sender.send(()).ok();
+        }
+        socket
+    }
+}
+
+impl fmt::Debug for TakenConnection {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> Result<(), fmt::Error> {
+        formatter
+            .debug_struct("TakenConnection")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
 }
 
 struct NotifyOnDrop<R> {
@@ -238,6 +312,8 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        #[cfg(unix)]
+        socket: None,
     })
 }
 
@@ -474,6 +550,67 @@ impl Request {
     pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
         self.notify_when_responded = Some(sender);
         self
+    }
+
+    /// tinysse: the connection's write half and the TCP descriptor it owns.
+    #[cfg(unix)]
+    pub(crate) fn with_socket(mut self, shared: SharedSocket, fd: RawFd) -> Self {
+        self.socket = Some((shared, fd));
+        self
+    }
+
+    /// tinysse: no request is read from this connection after this one: the
+    /// read side of its socket is shut down, so tiny_http's reader of the
+    /// connection reads what it holds already, then the end, and leaves
+    /// (at once, instead of waiting out the idle timeout). The answer to
+    /// this request, and to any read before it, is still written; the
+    /// connection closes after the last. Nothing happens for a request not
+    /// read from a TCP connection.
+    #[cfg(unix)]
+    pub fn stop_reading(&self) {
+        if let Some((_, fd)) = &self.socket {
+            // SAFETY: the write half held with it owns `fd` and keeps it
+            // open; ManuallyDrop: this borrowed use must not close it.
+            #[allow(unsafe_code)]
+            let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(*fd) });
+            socket.shutdown(Shutdown::Read).ok();
+        }
+    }
+
+    /// tinysse: takes the connection out of tiny_http, for an answer that
+    /// writes to it for as long as it likes (an event stream): the socket
+    /// gets a descriptor of its own, its read side is shut down (see
+    /// [`Request::stop_reading`]: nothing is read from it after this
+    /// request), and tiny_http lets go of the connection once
+    /// [`TakenConnection::into_socket`] is called. Does not block.
+    ///
+    /// Fails, giving the request back to be answered, when no descriptor
+    /// can be made (the process has none left) or the request was not read
+    /// from a TCP connection.
+    #[cfg(unix)]
+    pub fn take_connection(mut self) -> Result<TakenConnection, (Request, IoError)> {
+        let Some((shared, fd)) = self.socket.take() else {
+            let error = IoError::new(ErrorKind::Unsupported, "not a TCP connection");
+            return Err((self, error));
+        };
+        // SAFETY: `shared`, the write half, owns `fd` and keeps it open.
+        #[allow(unsafe_code)]
+        let own = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned();
+        let socket = match own {
+            Ok(own) => TcpStream::from(own),
+            Err(e) => {
+                self.socket = Some((shared, fd));
+                return Err((self, e));
+            }
+        };
+        socket.shutdown(Shutdown::Read).ok();
+        let writer = self.extract_writer_impl();
+        Ok(TakenConnection {
+            writer,
+            shared,
+            socket,
+            notify_when_responded: self.notify_when_responded.take(),
+        })
     }
 }
 

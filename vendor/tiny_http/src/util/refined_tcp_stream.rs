@@ -143,6 +143,27 @@ impl RefinedTcpStream {
     }
 }
 
+impl RefinedTcpStream {
+    /// tinysse: the descriptor of a plain TCP connection (None for TLS or
+    /// a Unix socket).
+    #[cfg(unix)]
+    pub(crate) fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        match &self.stream {
+            Stream::Http(connection) => connection.tcp_fd(),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => None,
+        }
+    }
+
+    /// tinysse: this half no longer shuts the socket down when dropped: the
+    /// socket was handed over (`Request::take_connection`), and its new
+    /// owner's descriptor keeps it open.
+    pub(crate) fn keep_open(&mut self) {
+        self.close_read = false;
+        self.close_write = false;
+    }
+}
+
 impl Drop for RefinedTcpStream {
     fn drop(&mut self) {
         if self.close_read {

@@ -125,6 +125,13 @@ impl<R: Read + Send> SequentialReader<R> {
     }
 }
 
+impl<W: Write + Send> SequentialWriter<W> {
+    /// tinysse: the writer shared by every response of the connection.
+    pub fn shared(&self) -> Arc<Mutex<W>> {
+        Arc::clone(&self.writer)
+    }
+}
+
 impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         let mut reader = match self.inner {
