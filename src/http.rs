@@ -617,6 +617,7 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
     let demo = params.demo;
     let http10 = params.http10;
     let Some(mut source) = stream_source(app, &mut writer, params) else {
+        crate::stream::close_connection(&writer);
         return;
     };
     let opened = Instant::now();

@@ -1,17 +1,16 @@
 //! The listening socket, set up so that tiny_http's connections behave.
 //!
-//! tiny_http never lets a handler reach a connection's socket, but on Linux an
-//! accepted socket inherits `SO_RCVTIMEO`, `SO_SNDTIMEO`, `TCP_NODELAY` and
+//! tiny_http (unpatched) never lets a handler reach a connection's socket
+//! before the request is handled, but on Linux an accepted socket inherits `SO_RCVTIMEO`, `SO_SNDTIMEO`, `TCP_NODELAY` and
 //! `TCP_USER_TIMEOUT` from the listening socket. So the options are set once,
 //! here, on the listener (through a `TcpStream` view of the same descriptor,
 //! std and nix's safe `setsockopt`):
 //!
-//! - a short read timeout ([`IDLE_READ_TIMEOUT`]): tiny_http's pool thread,
-//!   which after a GET waits for a next request on the same connection, gives
-//!   up and closes its read half, so an open stream costs one thread and one
-//!   descriptor (a stream's reader is let go at once: its connection is taken
-//!   out of tiny_http, see `http::open_stream`);
-//!   an unfinished request head is dropped after the same time;
+//! - a short read timeout ([`IDLE_READ_TIMEOUT`]): a new connection that
+//!   sends no request, or an unfinished request head, is dropped after it,
+//!   and with it tiny_http's pool thread and second descriptor (a stream's
+//!   connection is taken out of tiny_http at once, see `http::open_stream`,
+//!   so that an open stream costs one thread and one descriptor);
 //! - the write timeout (`--write-timeout`): a write to a client that stopped
 //!   reading fails after that long, ending its stream;
 //! - `TCP_NODELAY`: each event leaves at once instead of waiting for an ACK;
@@ -25,7 +24,7 @@
 //!   write of ours blocks), and the stream's next write fails.
 //!
 //! The stream would learn of the drop only at its next write, one ping
-//! interval later: it holds tiny_http's writer, not the socket. So it also
+//! interval later. So it also
 //! asks the kernel, a write timeout after each ping, whether the client
 //! acknowledged it (`src/ack_watch.rs`): a vanished client's stream ends at
 //! most a ping interval plus the write timeout after it vanished. See the

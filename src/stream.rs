@@ -13,8 +13,8 @@
 //! `Content-Length`, no chunking, `Connection: close`; the body ends when the
 //! connection closes, which HTTP/1.0 and 1.1 clients both accept.
 
-use std::io::{self, IoSlice, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,38 @@ pub fn ping_text(now: time::OffsetDateTime) -> String {
 
 /// Events written with one `writev` at most.
 const EVENTS_PER_WRITE: usize = 8;
+
+/// Reads of [`DRAIN_CHUNK`] bytes at most when a connection is closed.
+const DRAIN_READS: usize = 128;
+
+/// Bytes read at a time when a connection is closed.
+const DRAIN_CHUNK: usize = 512;
+
+/// Ends a stream's connection (or a refused stream's) so that the client
+/// gets everything written: the end of the body is sent after the last
+/// event (`shutdown` of the writing side), then what the client sent
+/// behind its request and nobody read is read and dropped (up to
+/// `DRAIN_READS * DRAIN_CHUNK` bytes; the reading side is shut, so the reads
+/// return what is queued, then the end). A socket closed with unread bytes
+/// is reset, not closed, and the kernel then drops what it had not sent
+/// yet. The descriptor itself is closed when `socket` is dropped.
+pub fn close_connection(socket: &TcpStream) {
+    let _ = socket.shutdown(Shutdown::Write);
+    let _ = socket.set_nonblocking(true);
+    let mut sink = [0u8; DRAIN_CHUNK];
+    for _ in 0..DRAIN_READS {
+        match (&*socket).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        close_connection(&self.socket);
+    }
+}
 
 /// Writes `events` (at most [`EVENTS_PER_WRITE`]) with one `writev`, and
 /// what a short write left with plain writes. Out of line: its slices stay

@@ -693,6 +693,101 @@ fn requests_sent_behind_a_stream_or_its_head_are_not_served() {
 }
 
 #[test]
+fn what_tiny_http_would_answer_behind_a_stream_never_reaches_it() {
+    // Bytes sent behind a stream's request that tiny_http answers itself
+    // (a stray line end, a malformed line, an HTTP/2 request line) once
+    // got their 400 or 505 written into the stream, before its head or
+    // between two events.
+    let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "1m"]);
+    let trailers = [
+        "\r\n",
+        "garbage\r\n\r\n",
+        "GET / HTTP/2.0\r\n\r\n",
+        "GET /\u{e9} HTTP/1.1\r\n\r\n",
+    ];
+    let mut streams: Vec<(TcpStream, &str)> = Vec::new();
+    for round in 0..10 {
+        for trailer in trailers {
+            let mut connection = TcpStream::connect(server.addr).expect("connect");
+            let request = format!("GET /events?channel=trailed HTTP/1.1\r\nHost: x\r\n\r\n{trailer}");
+            if round % 2 == 0 {
+                connection.write_all(request.as_bytes()).expect("send");
+            } else {
+                // The trailer a moment later, in a packet of its own.
+                let (head, rest) = request.split_at(request.len() - trailer.len());
+                connection.write_all(head.as_bytes()).expect("send");
+                std::thread::sleep(Duration::from_millis(5));
+                connection.write_all(rest.as_bytes()).expect("send");
+            }
+            streams.push((connection, trailer));
+        }
+    }
+    wait_open_streams(&server, streams.len() as u64);
+    let id = publish(server.addr, "trailed", "only events");
+    let expected = format!("id: {id}\ndata: only events\n\n");
+    for (connection, trailer) in &mut streams {
+        let mut received = Vec::new();
+        let deadline = Instant::now() + LONG;
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&received).contains(&expected) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{trailer:?}: {}",
+                String::from_utf8_lossy(&received)
+            );
+            connection.set_read_timeout(Some(left)).unwrap();
+            match connection.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&received);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{trailer:?}: {text}");
+        assert_eq!(body, expected, "{trailer:?}: nothing but the event: {text}");
+    }
+}
+
+#[test]
+fn a_stream_ends_with_a_clean_close_even_if_its_client_sent_more() {
+    // A socket closed with bytes unread is reset, and the kernel drops
+    // what it had not sent: the stream reads and drops what its client
+    // sent behind the request, then closes.
+    let mut server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "1m"]);
+    let mut socket = TcpStream::connect(server.addr).expect("connect");
+    socket
+        .write_all(b"GET /events?channel=extra HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    wait_open_streams(&server, 1);
+    socket.write_all(b"\r\nmore bytes\r\n").unwrap();
+    let ids: Vec<u64> = (0..20)
+        .map(|n| publish(server.addr, "extra", &n.to_string()))
+        .collect();
+    server.signal("TERM");
+    let mut received = Vec::new();
+    socket.set_read_timeout(Some(LONG)).unwrap();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        match socket.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let text = String::from_utf8_lossy(&received).to_string();
+    assert!(end.is_ok(), "the stream was reset, not closed: {end:?}\n{text}");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let got: Vec<u64> = body
+        .split("\n\n")
+        .filter_map(parse_event)
+        .map(|e| e.id_number())
+        .collect();
+    assert_eq!(got, ids, "{text}");
+    assert!(server.wait_exit(LONG).is_some_and(|status| status.success()));
+}
+
+#[test]
 fn a_chunked_body_that_cannot_be_decoded_ends_its_connection() {
     // The bytes after a bad chunk size were read as the next request: a
     // publish smuggled in a body went through.

@@ -117,7 +117,10 @@ impl TakenConnection {
     /// connection are written (for as long as that takes: the socket's
     /// write timeout bounds each write), lets go of tiny_http's side of the
     /// connection, and gives the socket out, with a descriptor of its own.
-    /// tiny_http no longer reads, writes or shuts down the socket.
+    /// tiny_http no longer writes to the socket or shuts it down (answers
+    /// it would make to what the client sent behind this request are
+    /// dropped), and reads at most what had arrived when the read side was
+    /// shut.
     pub fn into_socket(self) -> TcpStream {
         let TakenConnection {
             mut writer,
@@ -130,7 +133,7 @@ impl TakenConnection {
         {
             let mut half = shared.lock().unwrap_or_else(PoisonError::into_inner);
             half.flush().ok();
-            half.get_mut().keep_open();
+            half.get_mut().hand_over();
         }
         drop(shared);
         drop(writer);

@@ -87,6 +87,9 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // tinysse: the socket was handed over (`Request::take_connection`):
+    // nothing more is written to it through this half
+    handed_over: bool,
 }
 
 impl RefinedTcpStream {
@@ -102,12 +105,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            handed_over: false,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            handed_over: false,
         };
 
         (read, write)
@@ -155,12 +160,17 @@ impl RefinedTcpStream {
         }
     }
 
-    /// tinysse: this half no longer shuts the socket down when dropped: the
-    /// socket was handed over (`Request::take_connection`), and its new
-    /// owner's descriptor keeps it open.
-    pub(crate) fn keep_open(&mut self) {
+    /// tinysse: the socket was handed over (`Request::take_connection`):
+    /// this half no longer shuts it down when dropped (its new owner's
+    /// descriptor keeps it open), and refuses every later write. tiny_http
+    /// may still read requests the client sent behind the handed-over one
+    /// (already received when the read side was shut) and answer some
+    /// itself (a 400 for a malformed one): such answers must not reach the
+    /// new owner's byte stream.
+    pub(crate) fn hand_over(&mut self) {
         self.close_read = false;
         self.close_write = false;
+        self.handed_over = true;
     }
 }
 
@@ -184,6 +194,12 @@ impl Read for RefinedTcpStream {
 
 impl Write for RefinedTcpStream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
+        if self.handed_over {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the connection was handed over",
+            ));
+        }
         self.stream.write(buf)
     }
 
