@@ -693,6 +693,49 @@ fn requests_sent_behind_a_stream_or_its_head_are_not_served() {
 }
 
 #[test]
+fn pipelined_answers_come_in_order_even_when_tiny_http_refuses_one() {
+    // Answers go in the order of the requests (RFC 9112, 9.3.2). tiny_http
+    // answers some requests itself (417 for an unknown Expect, 400 for a
+    // body cut short) as it reads them, and those went out at once, before
+    // the answers still being made to the requests before them.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let refused = [
+        (
+            "POST /publish?channel=o HTTP/1.1\r\nHost: x\r\nExpect: later\r\nContent-Length: 3\r\n\r\nabc",
+            "HTTP/1.1 417",
+        ),
+        (
+            "POST /publish?channel=o HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+            "HTTP/1.1 400",
+        ),
+    ];
+    for round in 0..10 {
+        for (request, status) in refused {
+            let mut connection = TcpStream::connect(server.addr).expect("connect");
+            let first = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+            connection
+                .write_all(format!("{first}{request}").as_bytes())
+                .unwrap();
+            if status == "HTTP/1.1 400" {
+                // The body stops coming: its end, so that tiny_http reads
+                // the cut at once instead of after the read timeout.
+                connection.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            connection.set_read_timeout(Some(LONG)).unwrap();
+            let mut answers = Vec::new();
+            let _ = connection.read_to_end(&mut answers);
+            let text = String::from_utf8_lossy(&answers);
+            let health = text.find("HTTP/1.1 200 OK");
+            let refusal = text.find(status);
+            assert!(
+                health == Some(0) && refusal > health,
+                "round {round}: /health first, then {status}: {text}"
+            );
+        }
+    }
+}
+
+#[test]
 fn what_tiny_http_would_answer_behind_a_stream_never_reaches_it() {
     // Bytes sent behind a stream's request that tiny_http answers itself
     // (a stray line end, a malformed line, an HTTP/2 request line) once
@@ -704,6 +747,11 @@ fn what_tiny_http_would_answer_behind_a_stream_never_reaches_it() {
         "garbage\r\n\r\n",
         "GET / HTTP/2.0\r\n\r\n",
         "GET /\u{e9} HTTP/1.1\r\n\r\n",
+        // A 417, and a 400 for a body cut short: tiny_http's writer chain
+        // let an answer to a request that failed while being read go
+        // before the answers to the requests before it.
+        "POST /publish?channel=trailed HTTP/1.1\r\nExpect: later\r\nContent-Length: 3\r\n\r\nabc",
+        "POST /publish?channel=trailed HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc",
     ];
     let mut streams: Vec<(TcpStream, &str)> = Vec::new();
     for round in 0..10 {

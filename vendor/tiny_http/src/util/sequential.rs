@@ -44,16 +44,42 @@ where
     W: Write + Send,
 {
     writer: Arc<Mutex<W>>,
-    next_trigger: Option<Receiver<()>>,
+    next_trigger: Option<Receiver<Turn>>,
 }
 
 pub struct SequentialWriter<W>
 where
     W: Write + Send,
 {
-    trigger: Option<Receiver<()>>,
+    trigger: Option<Receiver<Turn>>,
     writer: Arc<Mutex<W>>,
-    on_finish: Sender<()>,
+    on_finish: Sender<Turn>,
+}
+
+/// tinysse: what a writer tells the next one when it is done.
+///
+/// A writer dropped before its turn came (a request that failed while
+/// being read, or dropped unanswered) used to tell the next one to go at
+/// once: an answer tiny_http wrote itself (a `417`, a `400` for a body cut
+/// short) then went out before the answers to the requests before it. Now
+/// such a writer hands its own wait on: the next one waits for what it
+/// waited for.
+enum Turn {
+    /// Yours.
+    Go,
+    /// After the writer this receiver waits for.
+    After(Receiver<Turn>),
+}
+
+/// tinysse: waits until `trigger`'s chain says go (or its writer is gone).
+fn wait_turn(trigger: Receiver<Turn>) {
+    let mut trigger = trigger;
+    loop {
+        match trigger.recv() {
+            Ok(Turn::After(earlier)) => trigger = earlier,
+            Ok(Turn::Go) | Err(_) => return,
+        }
+    }
 }
 
 impl<R: Read + Send> SequentialReaderBuilder<R> {
@@ -148,19 +174,17 @@ impl<R: Read + Send> Read for SequentialReader<R> {
 
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
+        if let Some(trigger) = self.trigger.take() {
+            wait_turn(trigger);
         }
-        self.trigger = None;
 
         self.writer.lock().unwrap().write(buf)
     }
 
     fn flush(&mut self) -> IoResult<()> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
+        if let Some(trigger) = self.trigger.take() {
+            wait_turn(trigger);
         }
-        self.trigger = None;
 
         self.writer.lock().unwrap().flush()
     }
@@ -191,6 +215,11 @@ where
     W: Write + Send,
 {
     fn drop(&mut self) {
-        self.on_finish.send(()).ok();
+        // tinysse: a writer whose turn has not come hands its wait on.
+        let turn = match self.trigger.take() {
+            Some(trigger) => Turn::After(trigger),
+            None => Turn::Go,
+        };
+        self.on_finish.send(turn).ok();
     }
 }
