@@ -12,7 +12,7 @@
 //! So after each ping the stream asks the kernel, a write timeout later,
 //! whether the client acknowledged everything written up to that ping
 //! (`tcpi_bytes_acked`, through [`crate::sock_diag::bytes_acknowledged`],
-//! the stream having no descriptor of its own): if not, that write timed
+//! by the connection's addresses): if not, that write timed
 //! out, and the stream ends as if it had failed. A client that vanished has
 //! sent its last acknowledgement before the ping that follows, so it is
 //! found out at most a ping interval plus the write timeout after it went.
@@ -20,16 +20,14 @@
 //! receive buffer is full: then the client has read nothing for all that
 //! time, and the kernel too would drop it.
 //!
-//! The check needs the connection's local address: the one bound, or, for
-//! a server bound to every address, the machine's own addresses tried in
-//! turn on the first ping. Where socket diagnostics are not allowed, or the
+//! The check needs the connection's local address, which the stream reads
+//! from its socket. Where socket diagnostics are not allowed, or the
 //! connection is not found, the stream goes without the check (and ends at
 //! the first write after the kernel gave up, as before).
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::head_guard::normalize;
@@ -43,9 +41,8 @@ pub const MAX_PENDING: usize = 8;
 /// What a stream knows of its connection for the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Connection {
-    /// Not looked up yet: the address the server is bound to (maybe
-    /// unspecified), and the peer.
-    Unconfirmed { bound: SocketAddr, peer: SocketAddr },
+    /// Not looked up yet.
+    Unconfirmed { local: SocketAddr, peer: SocketAddr },
     /// Found by the kernel under these addresses.
     Confirmed { local: SocketAddr, peer: SocketAddr },
     /// No check: no peer address, or the connection could not be found.
@@ -67,13 +64,13 @@ pub struct AckWatch {
 }
 
 impl AckWatch {
-    /// A watch for the connection from `peer` to a server bound to `bound`;
-    /// a write stays unacknowledged at most `write_timeout`. Without either
-    /// address it never checks.
-    pub fn new(bound: Option<SocketAddr>, peer: Option<SocketAddr>, write_timeout: Duration) -> AckWatch {
-        let connection = match (bound, peer) {
-            (Some(bound), Some(peer)) => Connection::Unconfirmed {
-                bound: normalize(bound),
+    /// A watch for the connection from `peer` to `local`, the local end of
+    /// the stream's socket; a write stays unacknowledged at most
+    /// `write_timeout`. Without either address it never checks.
+    pub fn new(local: Option<SocketAddr>, peer: Option<SocketAddr>, write_timeout: Duration) -> AckWatch {
+        let connection = match (local, peer) {
+            (Some(local), Some(peer)) => Connection::Unconfirmed {
+                local: normalize(local),
                 peer: normalize(peer),
             },
             _ => Connection::Off,
@@ -95,8 +92,8 @@ impl AckWatch {
     /// far: they must all be acknowledged a write timeout later. Up to
     /// [`MAX_PENDING`] pings wait for their checks.
     pub fn pinged(&mut self, now: Instant, written: u64) {
-        if let Connection::Unconfirmed { bound, peer } = self.connection {
-            self.connection = confirm(bound, peer);
+        if let Connection::Unconfirmed { local, peer } = self.connection {
+            self.connection = confirm(local, peer);
         }
         if self.connection == Connection::Off {
             return;
@@ -181,14 +178,10 @@ fn failed(
 }
 
 /// The connection's addresses as the kernel knows them, or
-/// [`Connection::Off`]. Shallow for a server bound to one address: a stream
-/// thread's stack pages, once touched, stay resident.
+/// [`Connection::Off`].
 #[inline(never)]
-fn confirm(bound: SocketAddr, peer: SocketAddr) -> Connection {
-    if bound.ip().is_unspecified() {
-        return confirm_among_own_addresses(bound.port(), peer);
-    }
-    look_for(bound, peer).unwrap_or_else(|| not_confirmed(Ok(None), peer))
+fn confirm(local: SocketAddr, peer: SocketAddr) -> Connection {
+    look_for(local, peer).unwrap_or_else(|| not_confirmed(Ok(None), peer))
 }
 
 /// Asks the kernel for the connection from `local` to `peer`: `Some` with
@@ -213,89 +206,24 @@ fn not_confirmed(found: io::Result<Option<u64>>, peer: SocketAddr) -> Connection
     Connection::Off
 }
 
-/// The machine's own addresses, as last read ([`own_addresses`]).
-static OWN_ADDRESSES: Mutex<Vec<IpAddr>> = Mutex::new(Vec::new());
-
-/// For a server bound to every address: the connection's local address is
-/// one of the machine's, tried in turn (loopback first for a peer on
-/// loopback). The list is read at start ([`own_addresses`]), and again
-/// when none is the one (deeper, and rare).
-#[cold]
-#[inline(never)]
-fn confirm_among_own_addresses(port: u16, peer: SocketAddr) -> Connection {
-    let loopback = match peer.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        IpAddr::V6(ip) if ip.is_loopback() => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-        _ => None,
-    };
-    if let Some(found) = loopback.and_then(|ip| look_for(SocketAddr::new(ip, port), peer)) {
-        return found;
-    }
-    let mut index = 0;
-    while let Some(ip) = OWN_ADDRESSES.lock().ok().and_then(|a| a.get(index).copied()) {
-        index += 1;
-        if ip.is_ipv4() != peer.is_ipv4() || Some(ip) == loopback {
-            continue;
-        }
-        if let Some(found) = look_for(SocketAddr::new(ip, port), peer) {
-            return found;
-        }
-    }
-    confirm_among_new_addresses(port, peer)
-}
-
-/// [`confirm_among_own_addresses`] with the machine's addresses read again.
-#[cold]
-#[inline(never)]
-fn confirm_among_new_addresses(port: u16, peer: SocketAddr) -> Connection {
-    own_addresses()
-        .into_iter()
-        .filter(|ip| ip.is_ipv4() == peer.is_ipv4())
-        .find_map(|ip| look_for(SocketAddr::new(ip, port), peer))
-        .unwrap_or_else(|| not_confirmed(Ok(None), peer))
-}
-
-/// The machine's addresses now (`getifaddrs`), kept for the streams'
-/// checks. The server reads them once at start, when bound to every
-/// address.
-pub fn own_addresses() -> Vec<IpAddr> {
-    let mut addresses = Vec::new();
-    if let Ok(interfaces) = nix::ifaddrs::getifaddrs() {
-        for address in interfaces.filter_map(|i| i.address) {
-            let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
-                (Some(v4), _) => IpAddr::V4(v4.ip()),
-                (_, Some(v6)) => normalize(SocketAddr::new(IpAddr::V6(v6.ip()), 0)).ip(),
-                _ => continue,
-            };
-            if !addresses.contains(&ip) {
-                addresses.push(ip);
-            }
-        }
-    }
-    if let Ok(mut kept) = OWN_ADDRESSES.lock() {
-        kept.clone_from(&addresses);
-    }
-    addresses
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
+    /// The local address of the server's end, both ends, and the peer.
     fn pair(listen_on: &str) -> (SocketAddr, TcpStream, TcpStream, SocketAddr) {
         let listener = TcpListener::bind(listen_on).unwrap();
-        let bound = listener.local_addr().unwrap();
-        let port = bound.port();
+        let port = listener.local_addr().unwrap().port();
         let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (server_side, peer) = listener.accept().unwrap();
-        (bound, client, server_side, peer)
+        (server_side.local_addr().unwrap(), client, server_side, peer)
     }
 
     fn netlink_here() -> bool {
-        let (bound, _client, _server, peer) = pair("127.0.0.1:0");
-        match bytes_acknowledged(bound, peer) {
+        let (local, _client, _server, peer) = pair("127.0.0.1:0");
+        match bytes_acknowledged(local, peer) {
             Ok(_) => true,
             Err(e) => {
                 eprintln!("sock_diag unavailable here ({e}): skipped");
@@ -309,24 +237,22 @@ mod tests {
         if !netlink_here() {
             return;
         }
-        for listen_on in ["127.0.0.1:0", "0.0.0.0:0"] {
-            let (bound, mut client, mut server_side, peer) = pair(listen_on);
-            server_side.write_all(b": ping\n\n").unwrap();
-            client.read_exact(&mut [0u8; 8]).unwrap();
-            let mut watch = AckWatch::new(Some(bound), Some(peer), Duration::from_millis(100));
-            let start = Instant::now();
-            watch.pinged(start, 8);
-            assert!(
-                matches!(watch.connection, Connection::Confirmed { .. }),
-                "{listen_on}: {:?}",
-                watch.connection
-            );
-            assert_eq!(watch.due(), Some(start + Duration::from_millis(100)));
-            watch.check(start).unwrap();
-            assert!(watch.due().is_some(), "not due yet");
-            watch.check(start + Duration::from_secs(1)).unwrap();
-            assert_eq!(watch.due(), None, "checked");
-        }
+        let (local, mut client, mut server_side, peer) = pair("127.0.0.1:0");
+        server_side.write_all(b": ping\n\n").unwrap();
+        client.read_exact(&mut [0u8; 8]).unwrap();
+        let mut watch = AckWatch::new(Some(local), Some(peer), Duration::from_millis(100));
+        let start = Instant::now();
+        watch.pinged(start, 8);
+        assert!(
+            matches!(watch.connection, Connection::Confirmed { .. }),
+            "{:?}",
+            watch.connection
+        );
+        assert_eq!(watch.due(), Some(start + Duration::from_millis(100)));
+        watch.check(start).unwrap();
+        assert!(watch.due().is_some(), "not due yet");
+        watch.check(start + Duration::from_secs(1)).unwrap();
+        assert_eq!(watch.due(), None, "checked");
     }
 
     #[test]
@@ -334,9 +260,9 @@ mod tests {
         if !netlink_here() {
             return;
         }
-        let (bound, _client, mut server_side, peer) = pair("127.0.0.1:0");
+        let (local, _client, mut server_side, peer) = pair("127.0.0.1:0");
         server_side.write_all(b": ping\n\n").unwrap();
-        let mut watch = AckWatch::new(Some(bound), Some(peer), Duration::from_millis(100));
+        let mut watch = AckWatch::new(Some(local), Some(peer), Duration::from_millis(100));
         let start = Instant::now();
         // As if more had been written than the client's kernel has taken.
         watch.pinged(start, 9);
@@ -349,8 +275,8 @@ mod tests {
         if !netlink_here() {
             return;
         }
-        let (bound, client, server_side, peer) = pair("127.0.0.1:0");
-        let mut watch = AckWatch::new(Some(bound), Some(peer), Duration::from_millis(100));
+        let (local, client, server_side, peer) = pair("127.0.0.1:0");
+        let mut watch = AckWatch::new(Some(local), Some(peer), Duration::from_millis(100));
         let start = Instant::now();
         watch.pinged(start, 0);
         drop(client);
@@ -369,8 +295,8 @@ mod tests {
         if !netlink_here() {
             return;
         }
-        let (bound, _client, _server_side, peer) = pair("127.0.0.1:0");
-        let mut watch = AckWatch::new(Some(bound), Some(peer), Duration::from_secs(10));
+        let (local, _client, _server_side, peer) = pair("127.0.0.1:0");
+        let mut watch = AckWatch::new(Some(local), Some(peer), Duration::from_secs(10));
         let start = Instant::now();
         watch.pinged(start, 0);
         watch.pinged(start + Duration::from_secs(5), 100);
@@ -394,16 +320,9 @@ mod tests {
         assert_eq!(watch.later.len() + 1, MAX_PENDING, "pings waiting are bounded");
 
         let unknown_peer = SocketAddr::new(peer.ip(), peer.port().wrapping_add(1).max(1));
-        let mut not_found = AckWatch::new(Some(bound), Some(unknown_peer), Duration::from_secs(10));
+        let mut not_found = AckWatch::new(Some(local), Some(unknown_peer), Duration::from_secs(10));
         not_found.pinged(start, 0);
         assert_eq!(not_found.connection, Connection::Off);
         assert_eq!(not_found.due(), None);
-    }
-
-    #[test]
-    fn the_machines_addresses_include_loopback() {
-        let own = own_addresses();
-        assert!(own.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{own:?}");
-        assert_eq!(*OWN_ADDRESSES.lock().unwrap(), own, "kept");
     }
 }

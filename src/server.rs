@@ -283,11 +283,6 @@ impl Server {
         })?;
         let addr = tcp.local_addr().map_err(StartError::Thread)?;
         crate::sock_diag::open_lookup_socket();
-        if addr.ip().is_unspecified() {
-            // Candidates for the local address of each stream's connection,
-            // read here rather than on a stream thread (see `ack_watch`).
-            crate::ack_watch::own_addresses();
-        }
         let descriptors =
             (config.max_connections as u64 + DESCRIPTOR_HEADROOM).min(open_files.unwrap_or(u64::MAX));
         grow_descriptor_table(&tcp, descriptors);
@@ -322,7 +317,6 @@ impl Server {
                 retry: config.retry,
                 cors_origin: config.cors_origin.clone(),
                 write_timeout: config.write_timeout,
-                bound: Some(addr),
             },
             config,
             broker,

@@ -62,8 +62,6 @@ pub struct StreamSettings {
     pub cors_origin: Option<String>,
     /// How long a write may wait, and its bytes go unacknowledged.
     pub write_timeout: Duration,
-    /// The address the server listens on, for [`AckWatch`].
-    pub bound: Option<std::net::SocketAddr>,
 }
 
 /// The response head of every stream.
@@ -131,6 +129,13 @@ pub fn close_connection(socket: &TcpStream) {
             Ok(_) => {}
         }
     }
+}
+
+/// The acknowledgement check of a stream's connection. Out of line: the
+/// local address's look-up stays out of the frames a stream waits under.
+#[inline(never)]
+fn ack_watch(socket: &TcpStream, peer: Option<SocketAddr>, write_timeout: Duration) -> AckWatch {
+    AckWatch::new(socket.local_addr().ok(), peer, write_timeout)
 }
 
 impl Drop for Stream {
@@ -227,7 +232,7 @@ impl Stream {
         // Made here, not kept in `Stream`: the frame that holds a `Stream`
         // also holds the subscribing that comes before, the deepest any
         // stream goes, and every stack page it reaches stays resident.
-        let mut ack = AckWatch::new(settings.bound, peer, settings.write_timeout);
+        let mut ack = ack_watch(&self.socket, peer, settings.write_timeout);
         match self.serve(http10, &mut ack, source, settings, shutdown_rx) {
             Ok(reason) => reason,
             // A client that stops reading makes a write block until the
@@ -399,7 +404,6 @@ mod tests {
             retry: None,
             cors_origin: None,
             write_timeout: Duration::from_secs(1),
-            bound: None,
         };
         let (_shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
         let run = |subscription| {
