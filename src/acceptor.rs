@@ -1,11 +1,12 @@
 //! tiny_http's acceptor thread, watched and restarted.
 //!
 //! tiny_http accepts connections on a thread of its own. It reports a failed
-//! `accept` once, as an error from `recv`, and the thread then ends; and when
-//! an accepted socket cannot be duplicated (no descriptor left) it panics
-//! (an `unwrap` in tiny_http 0.12) and nothing is reported at all. Either
-//! way the server would accept nothing more, for good. [`Acceptor`] notices
-//! both and starts a new tiny_http server on the same listener once
+//! `accept` once, as an error from `recv`, and the thread then ends. (When
+//! an accepted socket could not be duplicated, no descriptor left, tiny_http
+//! 0.12 panicked and reported nothing; the patched copy answers that
+//! connection `503` and accepts on.) The server would accept nothing more,
+//! for good. [`Acceptor`] notices an ended thread (either way, in case a
+//! panic still happens) and starts a new tiny_http server on the same listener once
 //! [`FREE_TO_RESTART`] descriptors are free again (a connection takes two
 //! until tiny_http's read half times out, see `listener`); connections made
 //! meanwhile wait in the listen backlog, as they do in servers that pause

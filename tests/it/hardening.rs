@@ -577,6 +577,61 @@ fn a_stream_pipelined_behind_a_request_starts_after_its_answer() {
 }
 
 #[test]
+fn a_connection_that_gets_no_second_descriptor_is_answered_503_without_a_panic() {
+    // tiny_http reads a connection through a second descriptor, made as
+    // it is accepted; with none left that was an unwrap, a panic that
+    // ended tiny_http's accept thread (restarted by `acceptor`) and reset
+    // the connection unanswered.
+    let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "1m"]);
+    let idle = server.fds();
+    let pid = server.pid() as i32;
+    let (mut soft, mut hard) = (0u64, 0u64);
+    rlimit::prlimit(pid, rlimit::Resource::NOFILE, None, Some((&mut soft, &mut hard))).unwrap();
+    // Room for the accepted connection, not its second descriptor. The
+    // server's own keep-awake connects may take or free one meanwhile: a
+    // few tries, each once the last one's connection is gone.
+    let refused = (0..10).find_map(|attempt| {
+        assert!(wait_until(LONG, || server.fds() <= idle), "{}", server.logs());
+        // Connections that come together take two descriptors each as
+        // they are accepted: with an odd number to spare, one is accepted
+        // into the last (an even number, or the server's own short-lived
+        // descriptors, shift that: tries with both).
+        let tight = server.fds() as u64 + 3 + attempt % 2;
+        rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((tight, hard)), None).unwrap();
+        let mut clients: Vec<TcpStream> = (0..8)
+            .map(|_| {
+                let mut client = TcpStream::connect(server.addr).unwrap();
+                client
+                    .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                client
+            })
+            .collect();
+        let answers: Vec<String> = clients
+            .iter_mut()
+            .map(|client| {
+                let mut answer = Vec::new();
+                read_until_closed(client, Duration::from_secs(1), &mut answer);
+                String::from_utf8_lossy(&answer).to_string()
+            })
+            .collect();
+        rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((soft, hard)), None).unwrap();
+        // accept() itself ran out too: the acceptor restarts.
+        assert!(wait_until(LONG, || answers_health(&server)), "{}", server.logs());
+        answers
+            .into_iter()
+            .find(|answer| answer.starts_with("HTTP/1.1 503"))
+    });
+    let refused = refused.unwrap_or_else(|| panic!("never refused:\n{}", server.logs()));
+    assert!(
+        refused.contains("out of file descriptors") && refused.contains("Retry-After: 1"),
+        "{refused}"
+    );
+    assert!(!server.logs().contains("panic"), "{}", server.logs());
+    assert!(answers_health(&server), "{}", server.logs());
+}
+
+#[test]
 fn a_stream_that_gets_no_descriptor_of_its_own_is_answered_503() {
     // A stream's connection gets a descriptor of its own when it is taken
     // out of tiny_http (which holds two per connection until then). With
@@ -1036,7 +1091,8 @@ fn the_server_accepts_again_after_running_out_of_descriptors() {
     let (mut soft, mut hard) = (0u64, 0u64);
     rlimit::prlimit(pid, rlimit::Resource::NOFILE, None, Some((&mut soft, &mut hard))).unwrap();
     // Room for a few streams only: accept() fails with EMFILE, which stops
-    // tiny_http's acceptor.
+    // tiny_http's acceptor, or a connection accepted into the last
+    // descriptor is answered 503 (no second one for tiny_http's reader).
     let tight = server.fds() as u64 + 12;
     rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((tight, hard)), None).unwrap();
     let clients: Vec<TcpStream> = (0..40)
@@ -1048,8 +1104,17 @@ fn the_server_accepts_again_after_running_out_of_descriptors() {
             client
         })
         .collect();
+    let refused = |client: &TcpStream| {
+        let mut start = [0u8; 12];
+        client.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        client
+            .peek(&mut start)
+            .is_ok_and(|n| start[..n].starts_with(b"HTTP/1.1 503"))
+    };
     assert!(
-        wait_until(LONG, || server.logs().contains("restarting the acceptor")),
+        wait_until(LONG, || {
+            server.logs().contains("restarting the acceptor") || clients.iter().any(refused)
+        }),
         "the descriptors never ran out:\n{}",
         server.logs()
     );

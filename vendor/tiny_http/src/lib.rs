@@ -312,7 +312,7 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        let halves = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -327,6 +327,18 @@ impl Server {
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
+                        };
+                        // tinysse: with no descriptor left for the reading
+                        // half, the connection is refused with a 503 and
+                        // closed, and accepting goes on (this was a panic
+                        // of this thread).
+                        let (read_closable, write_closable) = match halves {
+                            Ok(halves) => halves,
+                            Err((mut stream, e)) => {
+                                log::warn!("refusing a connection with 503: {e}");
+                                refuse_out_of_descriptors(&mut stream);
+                                continue;
+                            }
                         };
 
                         Ok(ClientConnection::new(
@@ -464,4 +476,18 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// tinysse: answers a connection that cannot be served for want of file
+/// descriptors: `503` with a JSON body, then the end of the connection. A
+/// best effort: the socket is new, so the few bytes fit its buffer.
+fn refuse_out_of_descriptors(stream: &mut util::refined_tcp_stream::Stream) {
+    use std::io::Write;
+    let body = r#"{"error":"the server is out of file descriptors; retry later"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(answer.as_bytes()).ok();
+    stream.shutdown_write();
 }

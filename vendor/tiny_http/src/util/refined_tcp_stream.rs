@@ -13,12 +13,15 @@ pub(crate) enum Stream {
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
+impl Stream {
+    /// tinysse: a second handle, which for plain TCP is a second
+    /// descriptor: an error when the process has none left (this was an
+    /// `unwrap()`, a panic of the accept thread).
+    fn try_clone(&self) -> IoResult<Self> {
         match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
         }
     }
 }
@@ -44,6 +47,11 @@ impl Stream {
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.peer_addr(),
         }
+    }
+
+    /// tinysse: ends the writing side, for a connection refused unserved.
+    pub(crate) fn shutdown_write(&mut self) {
+        self.shutdown(Shutdown::Write).ok();
     }
 
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
@@ -93,13 +101,19 @@ pub struct RefinedTcpStream {
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    /// tinysse: fails, giving the stream back, when no second descriptor
+    /// can be made for the reading half.
+    pub(crate) fn new<S>(stream: S) -> Result<(RefinedTcpStream, RefinedTcpStream), (Stream, std::io::Error)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let read = match stream.try_clone() {
+            Ok(read) => read,
+            Err(e) => return Err((stream, e)),
+        };
+        let write = stream;
 
         let read = RefinedTcpStream {
             stream: read,
@@ -115,7 +129,7 @@ impl RefinedTcpStream {
             handed_over: false,
         };
 
-        (read, write)
+        Ok((read, write))
     }
 
     /// Returns true if this struct wraps around a secure connection.
