@@ -628,6 +628,12 @@ fn a_connection_that_gets_no_second_descriptor_is_answered_503_without_a_panic()
         "{refused}"
     );
     assert!(!server.logs().contains("panic"), "{}", server.logs());
+    let warned = wait_until(LONG, || {
+        server
+            .logs()
+            .contains("out of file descriptors: a new connection was answered 503")
+    });
+    assert!(warned, "{}", server.logs());
     assert!(answers_health(&server), "{}", server.logs());
 }
 

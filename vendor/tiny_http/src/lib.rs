@@ -335,7 +335,12 @@ impl Server {
                         let (read_closable, write_closable) = match halves {
                             Ok(halves) => halves,
                             Err((mut stream, e)) => {
-                                log::warn!("refusing a connection with 503: {e}");
+                                // (tinysse's target: its logger shows only
+                                // its own records)
+                                log::warn!(
+                                    target: "tinysse::tiny_http",
+                                    "out of file descriptors: a new connection was answered 503 and closed ({e})"
+                                );
                                 refuse_out_of_descriptors(&mut stream);
                                 continue;
                             }
