@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Header;
 
-/// How long a connection stays marked: past its reader's release (at most
-/// 1.5 s) and its idle timeout (5 s once a request was read,
-/// `listener::KEEP_ALIVE_IDLE`), it is closed.
+/// How long a connection stays marked: its reader stops at once
+/// (`Request::stop_reading`), and even a reader that did not would leave at
+/// its idle timeout (5 s once a request was read,
+/// `listener::KEEP_ALIVE_IDLE`); by then the connection is closed.
 pub const MARKED_FOR: Duration = Duration::from_secs(10);
 
 /// At most this many connections marked at once; past it the oldest mark
@@ -68,7 +69,8 @@ pub fn ambiguity(headers: &[Header]) -> Option<String> {
 
 /// How long a connection whose answer ended it (a stream, the head of one)
 /// stays marked: long enough for any request the client sent behind it
-/// to have reached the dispatcher (its reader is let go within 1.5 s),
+/// to have reached the dispatcher (its reader stops at once, once it has
+/// handed on what it had already received),
 /// short enough that a new connection from the same port is not taken for
 /// it.
 pub const ENDED_FOR: Duration = Duration::from_secs(5);
