@@ -16,11 +16,11 @@
 //! smuggled after an ambiguous one is always seen after the connection was
 //! marked.
 
-use std::net::SocketAddr;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tiny_http::Header;
+use tiny_http::{Header, Request};
 
 /// How long a connection stays marked: its reader stops at once
 /// (`Request::stop_reading`), and even a reader that did not would leave at
@@ -70,20 +70,22 @@ pub fn ambiguity(headers: &[Header]) -> Option<String> {
 /// How long a connection whose answer ended it (a stream, the head of one)
 /// stays marked: long enough for any request the client sent behind it
 /// to have reached the dispatcher (its reader stops at once, once it has
-/// handed on what it had already received),
-/// short enough that a new connection from the same port is not taken for
-/// it.
+/// handed on what it had already received).
 pub const ENDED_FOR: Duration = Duration::from_secs(5);
 
 /// At most this many connections marked as ended at once: 5 s of a burst
 /// of 800 streams a second.
 pub const MAX_ENDED: usize = 4096;
 
-/// Connections marked by peer for a while: those that sent a request with
-/// ambiguous framing, those whose answer ended them.
+/// Connections marked for a while: those that sent a request with
+/// ambiguous framing, those whose answer ended them. A connection is known
+/// by tiny_http's number for it (`Request::connection_id`), not by its
+/// client's address: a new connection may come from the port of one that
+/// just closed, and must not be taken for it.
 #[derive(Debug)]
 pub struct MarkedConnections {
-    marks: Mutex<Vec<(SocketAddr, Instant)>>,
+    /// Connection numbers and when they were marked, oldest first.
+    marks: Mutex<VecDeque<(u64, Instant)>>,
     marked_for: Duration,
     max_marked: usize,
 }
@@ -100,32 +102,46 @@ impl MarkedConnections {
     /// the oldest goes).
     pub fn new(marked_for: Duration, max_marked: usize) -> MarkedConnections {
         MarkedConnections {
-            marks: Mutex::new(Vec::new()),
+            marks: Mutex::new(VecDeque::new()),
             marked_for,
             max_marked,
         }
     }
 
-    /// Marks the connection from `peer`.
-    pub fn mark(&self, peer: SocketAddr) {
+    /// Marks the connection that `request` came on.
+    pub fn mark(&self, request: &Request) {
+        self.mark_connection(request.connection_id());
+    }
+
+    /// True if the connection that `request` came on was marked (and the
+    /// mark lasts).
+    pub fn is_marked(&self, request: &Request) -> bool {
+        self.is_connection_marked(request.connection_id())
+    }
+
+    /// Marks connection number `connection` (`Request::connection_id`).
+    pub fn mark_connection(&self, connection: u64) {
         let mut marks = self.lock();
         let now = Instant::now();
-        marks.retain(|(_, at)| now.saturating_duration_since(*at) < self.marked_for);
-        if marks.len() >= self.max_marked {
-            marks.remove(0);
+        while marks
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= self.marked_for)
+        {
+            marks.pop_front();
         }
-        marks.push((peer, now));
+        if marks.len() >= self.max_marked {
+            marks.pop_front();
+        }
+        marks.push_back((connection, now));
     }
 
-    /// True if the connection from `peer` was marked (and the mark lasts).
-    pub fn is_marked(&self, peer: SocketAddr) -> bool {
-        let marks = self.lock();
-        marks
+    fn is_connection_marked(&self, connection: u64) -> bool {
+        self.lock()
             .iter()
-            .any(|(p, at)| *p == peer && at.elapsed() < self.marked_for)
+            .any(|(c, at)| *c == connection && at.elapsed() < self.marked_for)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant)>> {
         // A plain list, each change complete: valid whatever a panicking
         // holder did.
         self.marks.lock().unwrap_or_else(|p| p.into_inner())
@@ -171,17 +187,29 @@ mod tests {
     }
 
     #[test]
-    fn marks_are_per_peer_and_bounded() {
+    fn marks_are_per_connection_and_bounded() {
         let marked = MarkedConnections::default();
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert!(!marked.is_marked(peer));
-        marked.mark(peer);
-        assert!(marked.is_marked(peer));
-        assert!(!marked.is_marked("127.0.0.1:5001".parse().unwrap()));
-        for port in 0..(MAX_MARKED as u16 + 10) {
-            marked.mark(SocketAddr::new(peer.ip(), 10_000 + port));
+        assert!(!marked.is_connection_marked(7));
+        marked.mark_connection(7);
+        assert!(marked.is_connection_marked(7));
+        assert!(!marked.is_connection_marked(8));
+        for connection in 0..(MAX_MARKED as u64 + 10) {
+            marked.mark_connection(1_000 + connection);
         }
         assert_eq!(marked.lock().len(), MAX_MARKED);
-        assert!(!marked.is_marked(peer), "the oldest mark went");
+        assert!(!marked.is_connection_marked(7), "the oldest mark went");
+    }
+
+    #[test]
+    fn marks_last_their_time_and_then_go() {
+        let marked = MarkedConnections::new(Duration::from_millis(1), 10);
+        marked.mark_connection(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while marked.is_connection_marked(1) {
+            assert!(Instant::now() < deadline, "the mark never lapsed");
+            std::thread::yield_now();
+        }
+        marked.mark_connection(2);
+        assert_eq!(marked.lock().len(), 1, "the lapsed mark was let go");
     }
 }

@@ -208,19 +208,17 @@ fn handle(app: &Arc<App>, request: Request) {
         );
         return answer_error_later(app, request, error);
     }
-    let peer = request.remote_addr().copied();
-    if let Some(peer) = peer {
-        if app.ended.is_marked(peer) {
-            log::debug!(
-                "{} {} from {peer}: behind a stream on its connection, not served",
-                request.method(),
-                request.url()
-            );
-            return app.discard(request);
-        }
-        if let Some(error) = framing_error(app, &request, peer) {
-            return answer_error_later(app, request, error);
-        }
+    if app.ended.is_marked(&request) {
+        log::debug!(
+            "{} {} from {:?}: behind a stream on its connection, not served",
+            request.method(),
+            request.url(),
+            request.remote_addr()
+        );
+        return app.discard(request);
+    }
+    if let Some(error) = framing_error(app, &request) {
+        return answer_error_later(app, request, error);
     }
     let url = origin_form(request.url());
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
@@ -292,9 +290,7 @@ fn stream_head(app: &App, request: Request) {
 /// the next request. (A stream's connection is taken out of tiny_http
 /// instead, see [`open_stream`].)
 fn end_with_stream(app: &App, request: &Request) {
-    if let Some(peer) = request.remote_addr() {
-        app.ended.mark(*peer);
-    }
+    app.ended.mark(request);
     request.stop_reading();
 }
 
@@ -308,8 +304,8 @@ fn requested_channels(query: &str) -> Vec<String> {
 
 /// The `400` for a request with ambiguous framing (see `framing`), or for
 /// any later one on its connection, which is then marked and closed.
-fn framing_error(app: &App, request: &Request, peer: SocketAddr) -> Option<ApiError> {
-    if app.marked.is_marked(peer) {
+fn framing_error(app: &App, request: &Request) -> Option<ApiError> {
+    if app.marked.is_marked(request) {
         return Some(
             ApiError::new(
                 400,
@@ -332,9 +328,7 @@ fn framing_error(app: &App, request: &Request, peer: SocketAddr) -> Option<ApiEr
 /// from it get `400` unserved, and its reader is let go as a stream's is, so
 /// the connection closes once the answers are out.
 fn end_connection(app: &App, request: &Request, error: ApiError) -> ApiError {
-    if let Some(peer) = request.remote_addr() {
-        app.marked.mark(*peer);
-    }
+    app.marked.mark(request);
     request.stop_reading();
     error.closing()
 }
@@ -564,12 +558,11 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     // reader: tiny_http's reader stops at once (what the client sent
     // behind the stream is not served: `App::ended`), and its buffers and
     // the connection's second descriptor go with it.
+    let connection_id = request.connection_id();
     let refused = match started {
         Ok(handoff) => match request.take_connection() {
             Ok(connection) => {
-                if let Some(peer) = peer {
-                    app.ended.mark(peer);
-                }
+                app.ended.mark_connection(connection_id);
                 let _ = handoff.send(StreamStart {
                     connection: Box::new(connection),
                     params,

@@ -47,7 +47,15 @@ pub struct ClientConnection {
     // given to each request for `stop_reading` and `take_connection`
     #[cfg(unix)]
     socket_fd: Option<std::os::fd::RawFd>,
+
+    // tinysse: this connection's number, given to each of its requests
+    // (`Request::connection_id`)
+    connection_id: u64,
 }
+
+/// tinysse: the number the next connection gets; 0 is left for requests
+/// not read from a connection.
+static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
@@ -136,6 +144,7 @@ impl ClientConnection {
             served: false,
             #[cfg(unix)]
             socket_fd,
+            connection_id: NEXT_CONNECTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -283,6 +292,7 @@ impl ClientConnection {
             Some(fd) => request.with_socket(shared, fd),
             None => request,
         };
+        let request = request.with_connection_id(self.connection_id);
 
         // return the request
         self.served = true;

@@ -92,6 +92,9 @@ pub struct Request {
     // descriptor open for `stop_reading` and `take_connection`.
     #[cfg(unix)]
     socket: Option<(SharedSocket, RawFd)>,
+
+    // tinysse: the number of the connection it was read from (0: none)
+    connection_id: u64,
 }
 
 /// tinysse: a connection's write half, shared by the writers of its answers.
@@ -317,6 +320,7 @@ where
         notify_when_responded: None,
         #[cfg(unix)]
         socket: None,
+        connection_id: 0,
     })
 }
 
@@ -370,6 +374,16 @@ impl Request {
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
+    }
+
+    /// tinysse: a number that tells the connection this request was read
+    /// from apart from every other connection the server accepted, as the
+    /// client's address cannot (a new connection may come from the port
+    /// of one that just closed). 0 for a request not read from a
+    /// connection (`TestRequest`).
+    #[inline]
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
@@ -552,6 +566,12 @@ impl Request {
 
     pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
         self.notify_when_responded = Some(sender);
+        self
+    }
+
+    /// tinysse: the number of the connection the request was read from.
+    pub(crate) fn with_connection_id(mut self, connection_id: u64) -> Self {
+        self.connection_id = connection_id;
         self
     }
 
