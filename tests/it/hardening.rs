@@ -1486,3 +1486,63 @@ fn a_new_connection_from_the_port_of_one_just_ended_is_served() {
         );
     }
 }
+
+#[test]
+fn a_client_that_pipelines_without_reading_holds_one_request_thread() {
+    // tiny_http answers a connection's requests in order, so the answer to
+    // a pipelined request waits for the ones before it. Each request used
+    // to get a thread of its own: a client that pipelined thousands and
+    // read no answer held hundreds of request threads until the write
+    // timeout, up to all 512, and everyone else got 503. Now tiny_http
+    // reads a connection's next request once the one before is answered,
+    // and TCP's flow control holds the client back.
+    let server = TestServer::start(&["--tick-interval", "0", "--write-timeout", "30"]);
+    let hog = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    hog.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    hog.connect(&server.addr.into()).expect("connect");
+    let mut hog: TcpStream = hog.into();
+    // 20,000 answers of ~250 bytes: more than the socket buffers hold.
+    let requests = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+    let mut sender = hog.try_clone().expect("clone");
+    let sending = std::thread::spawn(move || sender.write_all(&requests));
+    let mut most = 0;
+    let blocked = wait_until(LONG, || {
+        let (threads, blocked) = server.threads_named("request");
+        most = most.max(threads);
+        blocked > 0 || threads > 2
+    });
+    // (Two for a moment: the thread that answered the last request, on
+    // its way out, and the next one.)
+    assert!(
+        most <= 2,
+        "{most} request threads for one connection: {:?}",
+        server.thread_names()
+    );
+    assert!(blocked, "no request thread ever blocked writing to the hog");
+    // Other clients are answered meanwhile, and the hog still holds one
+    // request thread only.
+    for _ in 0..20 {
+        assert_eq!(get(server.addr, "/health").status, 200);
+        most = most.max(server.threads_named("request").0);
+    }
+    assert!(
+        most <= 3,
+        "{most} request threads for one connection and one other client: {:?}",
+        server.thread_names()
+    );
+    // The hog reads at last: every answer comes. (Counted over each chunk
+    // and the bytes before it too short to hold a status line.)
+    hog.set_read_timeout(Some(LONG)).unwrap();
+    let status = b"HTTP/1.1 200 OK\r\n";
+    let (mut counted, mut tail) = (0, Vec::new());
+    let mut chunk = [0u8; 65536];
+    while counted < 20_000 {
+        match hog.read(&mut chunk) {
+            Ok(n) if n > 0 => tail.extend_from_slice(&chunk[..n]),
+            other => panic!("the hog's answers stopped ({other:?}) after {counted} of them"),
+        }
+        counted += tail.windows(status.len()).filter(|w| w == status).count();
+        tail.drain(..tail.len().saturating_sub(status.len() - 1));
+    }
+    sending.join().expect("sender").expect("all requests sent");
+}

@@ -233,35 +233,33 @@ impl TestServer {
 
     /// True when one of its stream threads (named `sse-...`) is asleep in a
     /// socket write: the client stopped reading and the socket buffers are
-    /// full. Read from `/proc/<pid>/task/<tid>/{comm,stat,syscall}` (Linux).
+    /// full.
     pub fn stream_blocked_in_write(&self) -> bool {
-        self.stream_tasks().iter().any(|dir| {
-            let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-            // The state follows the parenthesised command name.
-            let stat = read("stat");
-            let sleeping = stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('S'));
-            let syscall = read("syscall");
-            let number = syscall
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok());
-            sleeping && number.is_some_and(|n| WRITE_SYSCALLS.contains(&n))
-        })
+        self.stream_tasks().iter().any(|dir| blocked_in_write(dir))
     }
 
     /// Its stream threads (named `sse-...`) now, as `/proc` task folders.
     pub fn stream_tasks(&self) -> Vec<std::path::PathBuf> {
+        self.tasks_named(|name| name.starts_with("sse-"))
+    }
+
+    /// Its threads named `name`, and how many of them are asleep in a
+    /// socket write.
+    pub fn threads_named(&self, name: &str) -> (usize, usize) {
+        let tasks = self.tasks_named(|n| n == name);
+        let blocked = tasks.iter().filter(|dir| blocked_in_write(dir)).count();
+        (tasks.len(), blocked)
+    }
+
+    /// Its threads whose name passes `wanted`, as `/proc` task folders.
+    fn tasks_named(&self, wanted: impl Fn(&str) -> bool) -> Vec<std::path::PathBuf> {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
             return Vec::new();
         };
         tasks
             .filter_map(Result::ok)
             .map(|task| task.path())
-            .filter(|dir| {
-                std::fs::read_to_string(dir.join("comm")).is_ok_and(|comm| comm.starts_with("sse-"))
-            })
+            .filter(|dir| std::fs::read_to_string(dir.join("comm")).is_ok_and(|comm| wanted(comm.trim())))
             .collect()
     }
 
@@ -311,6 +309,24 @@ fn binary_command<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -
         command.env(k, v);
     }
     command
+}
+
+/// True when the thread of `/proc` task folder `task` is asleep in a socket
+/// write (its peer does not read and the socket buffers are full). Read
+/// from its `stat` and `syscall` (Linux).
+fn blocked_in_write(task: &std::path::Path) -> bool {
+    let read = |name: &str| std::fs::read_to_string(task.join(name)).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    let stat = read("stat");
+    let sleeping = stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('S'));
+    let syscall = read("syscall");
+    let number = syscall
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<u64>().ok());
+    sleeping && number.is_some_and(|n| WRITE_SYSCALLS.contains(&n))
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it

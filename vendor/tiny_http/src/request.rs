@@ -196,6 +196,35 @@ impl From<IoError> for RequestCreationError {
     }
 }
 
+/// tinysse: a request's body reader that also holds the connection's reader
+/// (a `SequentialReader`) until the request is dropped, so that tiny_http
+/// reads the connection's next request only once this one is answered (or
+/// dropped), as it already did behind a body it streams. Without it, a
+/// request with no body or a small one (read whole beforehand) let the next
+/// be read at once: a client pipelining thousands of requests and reading no
+/// answer had them all read, handed on and waiting for their turn to be
+/// answered (a thread each in tinysse, up to all its request threads) where
+/// now TCP's own flow control holds the client back.
+struct Holding<R, H> {
+    reader: R,
+    _held: H,
+}
+
+impl<R, H> Holding<R, H> {
+    fn new(reader: R, held: H) -> Self {
+        Holding {
+            reader,
+            _held: held,
+        }
+    }
+}
+
+impl<R: Read, H> Read for Holding<R, H> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
 /// Builds a new request.
 ///
 /// After the request line and headers have been read from the socket, a new `Request` object
@@ -270,7 +299,7 @@ where
         Box::new(source_data) as Box<dyn Read + Send + 'static>
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
+            Box::new(Holding::new(io::empty(), source_data)) as Box<dyn Read + Send + 'static>
         } else if content_length <= 1024 && !expects_continue {
             // if the content-length is small enough, we just read everything into a buffer
 
@@ -290,7 +319,7 @@ where
                 offset += read;
             }
 
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+            Box::new(Holding::new(Cursor::new(buffer), source_data)) as Box<dyn Read + Send + 'static>
         } else {
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
@@ -303,7 +332,7 @@ where
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
         // TODO: could also be multipart/byteranges
-        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
+        Box::new(Holding::new(io::empty(), source_data)) as Box<dyn Read + Send + 'static>
     };
 
     Ok(Request {
