@@ -12,17 +12,16 @@
 //! meanwhile wait in the listen backlog, as they do in servers that pause
 //! accepting on `EMFILE`.
 //!
-//! Connections that the old server accepted keep sending their requests
-//! (the next request of a kept-alive publisher, say) to that server's
-//! queue, so an old server is kept and read too, or those requests would
-//! wait for ever.
+//! Requests are handled on their connections' threads (`http::dispatch`
+//! gives tiny_http the handler), so the connections an old server accepted
+//! go on being served once it is let go.
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tiny_http::Request;
+use tiny_http::Handler;
 
 /// How long to wait before starting a new acceptor, and between failed
 /// tries: what stopped the last one (no descriptor left) rarely clears at
@@ -42,19 +41,9 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often the acceptor thread is checked for life.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 
-/// Replaced servers kept for their connections' requests; past that the
-/// oldest is let go (its connections' next requests then get `500`).
-const RETIRED_MAX: usize = 16;
-
-/// While replaced servers are kept, how long one wait on the running server
-/// lasts at most, so that theirs are read often enough.
-const RETIRED_POLL: Duration = Duration::from_millis(10);
-
-/// What [`Acceptor::next`] got.
+/// What [`Acceptor::next`] found.
 pub enum Next {
-    /// A request to handle.
-    Request(Request),
-    /// None within the wait.
+    /// The acceptor runs (or was restarted).
     Nothing,
     /// The server is stopping (found while restarting the acceptor).
     Stopping,
@@ -64,8 +53,8 @@ pub enum Next {
 /// stops.
 pub struct Acceptor {
     running: Running,
-    /// Servers replaced by a restart, still read for their connections.
-    retired: Vec<tiny_http::Server>,
+    /// What each request is handed to.
+    handler: Handler,
     checked: Instant,
     /// When a restart was last logged as a warning.
     warned: Option<Instant>,
@@ -83,12 +72,13 @@ struct Running {
 }
 
 impl Running {
-    fn start(listener: &TcpListener) -> Result<Running, String> {
+    fn start(listener: &TcpListener, handler: &Handler) -> Result<Running, String> {
         let clone = listener.try_clone().map_err(|e| e.to_string())?;
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", clone.as_raw_fd()));
         let probe = std::fs::read_link(&fd_path).ok().map(|link| (fd_path, link));
         let keep_alive = Some(crate::listener::KEEP_ALIVE_IDLE);
-        let server = tiny_http::Server::from_listener_keeping_alive(clone, None, keep_alive)
+        let handler = Some(std::sync::Arc::clone(handler));
+        let server = tiny_http::Server::from_listener_handling(clone, None, keep_alive, handler)
             .map_err(|e| e.to_string())?;
         Ok(Running { server, probe })
     }
@@ -102,40 +92,39 @@ impl Running {
 }
 
 impl Acceptor {
-    /// Starts a tiny_http server on a clone of `listener`.
+    /// Starts a tiny_http server on a clone of `listener`, which hands each
+    /// request to `handler` on its connection's thread.
     ///
     /// # Errors
     /// The clone's or tiny_http's error, as text.
-    pub fn start(listener: &TcpListener) -> Result<Acceptor, String> {
+    pub fn start(listener: &TcpListener, handler: Handler) -> Result<Acceptor, String> {
         Ok(Acceptor {
-            running: Running::start(listener)?,
-            retired: Vec::new(),
+            running: Running::start(listener, &handler)?,
+            handler,
             checked: Instant::now(),
             warned: None,
         })
     }
 
-    /// Lets go of the servers without waiting for them (see [`drop_aside`]).
+    /// Lets go of the server without waiting for it (see [`drop_aside`]).
     pub fn close(self) {
-        drop_aside(self);
+        drop_aside(self.running.server);
     }
 
-    /// The next request, waiting up to `timeout`: from the running server or
-    /// a replaced one. When the running server's acceptor has stopped, a new
-    /// one is started on `listener`, trying until it can or `stopping()`.
+    /// Waits up to `timeout` for the acceptor to fail. When it has stopped,
+    /// a new one is started on `listener`, trying until it can or
+    /// `stopping()`.
     pub fn next(&mut self, listener: &TcpListener, timeout: Duration, stopping: impl Fn() -> bool) -> Next {
-        for server in &self.retired {
-            if let Ok(Some(request)) = server.try_recv() {
-                return Next::Request(request);
+        let stopped = match self.running.server.recv_timeout(timeout) {
+            // Never queued: every request goes to the handler.
+            Ok(Some(request)) => {
+                log::error!(
+                    "a request was queued, not handled: {} {}",
+                    request.method(),
+                    request.url()
+                );
+                None
             }
-        }
-        let wait = if self.retired.is_empty() {
-            timeout
-        } else {
-            timeout.min(RETIRED_POLL)
-        };
-        let stopped = match self.running.server.recv_timeout(wait) {
-            Ok(Some(request)) => return Next::Request(request),
             Ok(None) => None,
             Err(e) => Some(format!("accept failed ({e})")),
         };
@@ -184,7 +173,7 @@ impl Acceptor {
             if free_descriptors().is_some_and(|free| free < FREE_TO_RESTART) {
                 continue;
             }
-            match Running::start(listener) {
+            match Running::start(listener, &self.handler) {
                 Ok(fresh) => {
                     if began.elapsed() > RETRY_EVERY * 2 {
                         log::log!(
@@ -194,10 +183,7 @@ impl Acceptor {
                         );
                     }
                     let old = std::mem::replace(&mut self.running, fresh);
-                    self.retired.push(old.server);
-                    if self.retired.len() > RETIRED_MAX {
-                        drop_aside(self.retired.remove(0));
-                    }
+                    drop_aside(old.server);
                     return true;
                 }
                 Err(e) => {

@@ -12,9 +12,9 @@
 //! for a stream's head), which closes the connection once the answers are
 //! out.
 //!
-//! The dispatcher takes a connection's requests in order, so a request
-//! smuggled after an ambiguous one is always seen after the connection was
-//! marked.
+//! A connection's requests are handled one after another on its thread
+//! (see `http`), so a request smuggled after an ambiguous one is always
+//! seen after the connection was marked.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -69,8 +69,8 @@ pub fn ambiguity(headers: &[Header]) -> Option<String> {
 
 /// How long a connection whose answer ended it (a stream, the head of one)
 /// stays marked: long enough for any request the client sent behind it
-/// to have reached the dispatcher (its reader stops at once, once it has
-/// handed on what it had already received).
+/// to have been read (its reader stops at once, once it has handed on what
+/// it had already received).
 pub const ENDED_FOR: Duration = Duration::from_secs(5);
 
 /// At most this many connections marked as ended at once: 5 s of a burst

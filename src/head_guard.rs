@@ -17,7 +17,7 @@
 //!    each inode. It asks the kernel through netlink socket diagnostics
 //!    (`sock_diag`: binary, 72 bytes a socket), or, where that is not
 //!    allowed, reads the text tables `/proc/net/tcp` and `/proc/net/tcp6`.
-//! 2. The dispatcher records the peer address of every request it receives
+//! 2. The server records the peer address of every request it reads
 //!    ([`HeadLog::record`]); the guard matches it to the socket with that
 //!    peer. A socket whose peer has an open stream ([`HeadLog::stream_opened`]
 //!    to [`HeadLog::stream_closed`]) is passed over: it is never cut, and
@@ -130,7 +130,8 @@ const HEAD_BYTES_SLACK: u64 = 64 * 1024;
 const ESTABLISHED: u8 = 0x01;
 
 /// The peers whose request heads arrived since the guard last looked (and
-/// when the last one did), shared between the dispatcher (which writes) and
+/// when the last one did), shared between the connections' threads (which
+/// write) and
 /// the guard (which drains it every cycle); and the peers of the open
 /// streams.
 #[derive(Debug, Default)]

@@ -1,15 +1,15 @@
-//! The dispatch loop on tiny_http and the routing of requests: streams get a
-//! thread each, plain requests are answered with JSON.
+//! Serving tiny_http's connections: routing requests, answering plain ones
+//! with JSON, giving streams a thread each.
 //!
-//! The dispatch loop never writes to a socket, because any write can block:
-//! a client that does not read its answers fills its socket buffer, and a
-//! request pipelined behind an open stream on the same connection cannot be
-//! answered before that stream ends (tiny_http orders a connection's
-//! answers). So every plain request is answered on a short-lived thread of
-//! its own, and every stream gets a thread that subscribes and then writes
-//! the head, so that the subscription exists before the head is sent. Past
-//! `MAX_REQUEST_THREADS` requests in progress, one overflow thread answers
-//! `503`.
+//! Each request is handled on the thread tiny_http reads its connection
+//! with (`tiny_http::Server::from_listener_handling`), so no other thread
+//! need wake up before it is answered, and a connection's requests are
+//! handled one after another: a write that blocks (a client that does not
+//! read its answers) holds that connection's thread only. A stream takes
+//! its connection out of tiny_http and gets a thread that subscribes and
+//! then writes the head, so that the subscription exists before the head
+//! is sent; the connection's thread goes back to tiny_http's pool. The
+//! dispatch thread only watches tiny_http's acceptor and restarts it.
 
 use std::io::{Cursor, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,7 +17,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, TakenConnection};
 
@@ -30,19 +29,6 @@ use crate::server::App;
 use crate::stats::{CloseReason, StreamSlot};
 use crate::stream::{Source, Stream};
 use crate::stream_log::{peer_text, ClosedStream, OpenedStream};
-
-/// Stack size of request threads: not a stream's, so that glibc never gives
-/// a stream thread the cached stack of a finished request thread (it reuses
-/// a cached stack for a thread that asks at least a quarter of its size).
-/// A request's handler touches up to ~24 KiB of stack, and those pages would
-/// stay resident under the stream for its whole life: seen as stream threads
-/// with 12-24 KiB of stack instead of 8 (tests/it/footprint.rs). Only the
-/// touched pages cost memory; 1 MiB is also tiny_http's pool stack
-/// (`main.rs`), so the two kinds reuse each other's.
-const REQUEST_STACK: usize = 1024 * 1024;
-
-/// Plain requests answered at once at most; more get `503`.
-const MAX_REQUEST_THREADS: usize = 512;
 
 /// Largest request head accepted, all header lines together.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -159,11 +145,15 @@ fn route(method: &Method, path: &str, cors: bool) -> Route {
     Route::Plain(plain)
 }
 
-/// Accepts requests until the app stops. tiny_http's acceptor thread can
-/// end (an accept timeout, see `listener`; no descriptor left, see
-/// `acceptor`); a new one is then started on the same listener.
+/// Serves connections until the app stops: tiny_http hands each request to
+/// [`handle_on_connection`] on its connection's thread. tiny_http's
+/// acceptor thread can end (an accept timeout, see `listener`; no
+/// descriptor left, see `acceptor`); a new one is then started on the same
+/// listener.
 pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
-    let mut acceptor = match Acceptor::start(listener) {
+    let handler_app = Arc::clone(app);
+    let handler: tiny_http::Handler = Arc::new(move |request| handle_on_connection(&handler_app, request));
+    let mut acceptor = match Acceptor::start(listener, handler) {
         Ok(started) => started,
         Err(e) => {
             log::error!("cannot start accepting connections: {e}");
@@ -172,18 +162,25 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
     };
     while !app.is_stopping() {
         match acceptor.next(listener, Duration::from_millis(100), || app.is_stopping()) {
-            Next::Request(request) => {
-                let app = Arc::clone(app);
-                let outcome = catch_unwind(AssertUnwindSafe(move || handle(&app, request)));
-                if outcome.is_err() {
-                    log::error!("a request handler panicked; the connection was closed");
-                }
-            }
             Next::Nothing => {}
             Next::Stopping => break,
         }
     }
     acceptor.close();
+}
+
+/// Handles `request` on its connection's thread; counted as in progress
+/// (a stop waits for it), or answered `503` once the server is stopping.
+fn handle_on_connection(app: &Arc<App>, request: Request) {
+    let Some(_in_progress) = app.begin_request() else {
+        let stopping = ApiError::new(503, "the server is stopping; retry later")
+            .with_header("Retry-After", "1")
+            .closing();
+        return respond_error(app, request, stopping);
+    };
+    if catch_unwind(AssertUnwindSafe(|| handle(app, request))).is_err() {
+        log::error!("a request handler panicked; its connection was closed");
+    }
 }
 
 fn handle(app: &Arc<App>, request: Request) {
@@ -206,7 +203,7 @@ fn handle(app: &Arc<App>, request: Request) {
             431,
             format!("request head too large: at most {MAX_HEAD_BYTES} bytes"),
         );
-        return answer_error_later(app, request, error);
+        return respond_error(app, request, error);
     }
     if app.ended.is_marked(&request) {
         log::debug!(
@@ -215,22 +212,17 @@ fn handle(app: &Arc<App>, request: Request) {
             request.url(),
             request.remote_addr()
         );
-        return app.discard(request);
+        return discard(request);
     }
     if let Some(error) = framing_error(app, &request) {
-        return answer_error_later(app, request, error);
+        return respond_error(app, request, error);
     }
     let url = origin_form(request.url());
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     match route(request.method(), path, app.config.cors_origin.is_some()) {
         Route::Stream { demo } => open_stream(app, request, query, demo),
         Route::Plain(Plain::StreamHead) => open_stream_head(app, request, path, query),
-        Route::Plain(plain) => {
-            let (path, query) = (path.to_string(), query.to_string());
-            on_request_thread(app, request, move |app, request| {
-                serve_plain(app, request, plain, &path, &query)
-            });
-        }
+        Route::Plain(plain) => serve_plain(app, request, plain, path, query),
     }
 }
 
@@ -257,19 +249,16 @@ fn origin_form(target: &str) -> String {
 }
 
 /// Answers `HEAD` of a stream path with the head a `GET` gets (or its
-/// `400` for bad channels), without opening a stream. The checks run on the
-/// dispatcher, so that the connection is ended (`end_with_stream`) before
-/// its next request is taken; the head is written on a request thread.
+/// `400` for bad channels), without opening a stream; the connection is
+/// ended (`end_with_stream`).
 fn open_stream_head(app: &Arc<App>, request: Request, path: &str, query: &str) {
     if path == "/events" {
         if let Err(e) = broker::validate_subscription(&requested_channels(query)) {
-            return answer_error_later(app, request, e.into());
+            return respond_error(app, request, e.into());
         }
     }
     end_with_stream(app, &request);
-    on_request_thread(app, request, |app, request| {
-        serve_plain(app, request, Plain::StreamHead, "", "")
-    });
+    serve_plain(app, request, Plain::StreamHead, "", "");
 }
 
 /// Writes the head of a stream, which says `Connection: close`.
@@ -284,10 +273,9 @@ fn stream_head(app: &App, request: Request) {
 
 /// The connection of `request` ends with the stream head about to be
 /// written, which says `Connection: close`: what the client sent behind it
-/// is not served (`App::ended`; a request thread would wait for the head
-/// to answer it), and tiny_http's reader of it is let go at once
-/// (`Request::stop_reading`). Called on the dispatcher, before it takes
-/// the next request. (A stream's connection is taken out of tiny_http
+/// is not served (`App::ended`), and tiny_http's reader of it is let go at
+/// once (`Request::stop_reading`). Called before the connection's next
+/// request is read. (A stream's connection is taken out of tiny_http
 /// instead, see [`open_stream`].)
 fn end_with_stream(app: &App, request: &Request) {
     app.ended.mark(request);
@@ -333,35 +321,6 @@ fn end_connection(app: &App, request: &Request, error: ApiError) -> ApiError {
     error.closing()
 }
 
-/// Runs `job` on a thread of its own, so that the dispatch loop never
-/// blocks on a client; past [`MAX_REQUEST_THREADS`] the overflow thread
-/// answers `503` instead.
-fn on_request_thread(
-    app: &Arc<App>,
-    request: Request,
-    job: impl FnOnce(&Arc<App>, Request) + Send + 'static,
-) {
-    let Some(guard) = app.begin_request(MAX_REQUEST_THREADS) else {
-        return app.overflow(request);
-    };
-    let thread_app = Arc::clone(app);
-    let started = spawn_waiting("request", REQUEST_STACK, move |request| {
-        let _guard = guard;
-        if catch_unwind(AssertUnwindSafe(|| job(&thread_app, request))).is_err() {
-            log::error!("a request handler panicked; its connection was closed");
-        }
-    });
-    match started {
-        Ok(handoff) => {
-            let _ = handoff.send(request);
-        }
-        Err(e) => {
-            log::warn!("cannot start a request thread: {e}");
-            app.overflow(request);
-        }
-    }
-}
-
 /// Starts a thread named `name` with `stack_size` that waits for one value and
 /// runs `job` with it. The value is handed over through the returned sender
 /// only once the thread exists, so that a caller whose thread could not be
@@ -384,13 +343,6 @@ fn spawn_waiting<T: Send + 'static>(
             }
         })?;
     Ok(handoff)
-}
-
-/// Answers `error` on a request thread.
-fn answer_error_later(app: &Arc<App>, request: Request, error: ApiError) {
-    on_request_thread(app, request, move |app, request| {
-        respond_error(app, request, error)
-    });
 }
 
 fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query: &str) {
@@ -438,8 +390,7 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
                 Response::from_string(text).with_header(header("Content-Type", crate::metrics::CONTENT_TYPE)),
             );
         }
-        // Checked and its connection ended by the dispatcher
-        // (`open_stream_head`).
+        // Checked and its connection ended by `open_stream_head`.
         Plain::StreamHead => stream_head(app, request),
         Plain::DemoPage => {
             let page = Response::from_string(crate::DEMO_PAGE)
@@ -518,7 +469,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         requested_channels(query)
     };
     if let Err(e) = broker::validate_subscription(&channels) {
-        return answer_error_later(app, request, e.into());
+        return respond_error(app, request, e.into());
     }
     let Some(slot) = app.stats.try_open_stream(app.config.max_connections) else {
         let error = ApiError::new(
@@ -529,7 +480,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
             ),
         )
         .with_header("Retry-After", "5");
-        return answer_error_later(app, request, error);
+        return respond_error(app, request, error);
     };
     let peer = request.remote_addr().copied();
     if let Some(peer) = peer {
@@ -583,7 +534,8 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     if let Some(peer) = peer {
         app.heads.stream_closed(peer);
     }
-    app.overflow(refused);
+    let busy = ApiError::new(503, "the server is busy; retry later").with_header("Retry-After", "1");
+    respond_error(app, refused, busy);
 }
 
 /// The socket of a stream's connection, once the answers before it on the
@@ -596,7 +548,7 @@ fn stream_socket(connection: Box<TakenConnection>) -> TcpStream {
 }
 
 /// A stream's thread: subscribes (after back-filling from Redis, which may
-/// take a while: hence here and not on the dispatch thread), then writes the
+/// take a while: hence here and not on the connection's thread), then writes the
 /// head and runs the stream. The subscription exists before the head is
 /// sent, so an event published once the client sees the head reaches it.
 fn serve_stream(app: &Arc<App>, start: StreamStart) {
@@ -772,7 +724,7 @@ fn raw_error_response(error: &ApiError, http10: bool, cors_origin: Option<&str>)
 
 fn handle_publish(app: &Arc<App>, mut request: Request, query: &str) {
     // A panic in here still gets a JSON answer (tiny_http would send an
-    // empty 500 for the dropped request); `on_request_thread` logs it.
+    // empty 500 for the dropped request); `handle_on_connection` logs it.
     let outcome = catch_unwind(AssertUnwindSafe(|| publish_request(app, &mut request, query)));
     match outcome {
         // The subscribers are woken once the answer is out (see
@@ -812,7 +764,7 @@ fn publish_request(
         }
     }
     let json = request_header(request, "Content-Type").is_some_and(publish::is_json);
-    // Framing was checked by the dispatcher (`framing_error`).
+    // Framing was checked by `handle` (`framing_error`).
     let declared = request.body_length();
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)
         .map_err(|e| end_connection(app, request, ApiError::from(e)))?;
@@ -912,22 +864,11 @@ fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Curso
     response
 }
 
-/// Lets a request go unanswered, on the discard thread: its writer is
-/// dropped unused (a request thread would wait for the stream before it to
-/// end), then the request, whose body tiny_http reads to its end (for at
-/// most the read timeout).
-pub fn discard(request: Request) {
+/// Lets a request go unanswered: its writer is dropped unused (its turn
+/// passes to the next answer on the connection), then the request, whose
+/// body tiny_http reads to its end (for at most the read timeout).
+fn discard(request: Request) {
     drop(request.into_writer());
-}
-
-/// The overflow thread: answers `503` to each request that no thread of its
-/// own could be given for. It may block on a client that does not read, but
-/// then only overflow traffic waits. Ends when every sender is dropped.
-pub fn answer_overflow(requests: Receiver<Request>, cors_origin: Option<String>) {
-    let busy = ApiError::new(503, "the server is busy; retry later").with_header("Retry-After", "1");
-    for request in requests {
-        send(request, error_response(&busy, cors_origin.as_deref()));
-    }
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {

@@ -65,8 +65,9 @@ pub use config::Config;
 pub use server::{Server, StartError};
 
 /// Stack size of the threads tinysse starts (streams, fan-out, periodic
-/// work; request threads take more, see `http`):
-/// they need little, and a stream's whole cost matters at 10,000 streams.
+/// work; tiny_http's connection threads follow `RUST_MIN_STACK`, see
+/// `main.rs`): they need little, and a stream's whole cost matters at
+/// 10,000 streams.
 pub const SMALL_STACK: usize = 128 * 1024;
 
 /// The page served at `GET /demo`.

@@ -30,8 +30,8 @@
 //! Limits: one Redis server (not Redis Cluster: the script touches several
 //! keys); each event is stored twice (feed and channel stream); a publish
 //! that Redis received but did not confirm is answered `503` and may come
-//! twice if the client retries; a back-fill waits for Redis on the dispatch
-//! loop (0.5 s per step at most, if Redis hangs); after a Redis
+//! twice if the client retries; a back-fill waits for Redis on the stream's
+//! thread (0.5 s per step at most, if Redis hangs); after a Redis
 //! restart without persistence ids keep growing thanks to the clock and to
 //! the nodes raising `tinysse:last-id` again, unless Redis' clock went back.
 
@@ -66,8 +66,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// that its streams have it when the `200` goes out.
 const APPLY_WAIT: Duration = Duration::from_millis(500);
 
-/// How long a back-fill waits for Redis: it runs on the dispatch loop, which
-/// must not wait long for anything.
+/// How long a back-fill waits for Redis: the stream's client waits for its
+/// head meanwhile.
 const BACKFILL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Idle publish connections kept.

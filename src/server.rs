@@ -153,40 +153,25 @@ pub struct App {
     shutdown_tx: Mutex<Option<Sender<()>>>,
     stopping: AtomicBool,
     requests_in_flight: AtomicUsize,
-    overflow_tx: Sender<tiny_http::Request>,
-    discard_tx: Sender<tiny_http::Request>,
 }
 
 impl App {
-    /// Hands `request` to the overflow thread, which answers `503`.
-    pub fn overflow(&self, request: tiny_http::Request) {
-        // The overflow thread lives as long as the process.
-        let _ = self.overflow_tx.send(request);
-    }
-
-    /// Hands `request` to the discard thread, which lets it go unanswered
-    /// (see `http::discard`).
-    pub fn discard(&self, request: tiny_http::Request) {
-        // The discard thread lives as long as the process.
-        let _ = self.discard_tx.send(request);
-    }
-
     /// True once the server is stopping.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Counts one request being answered on a thread of its own, if fewer
-    /// than `max` are.
-    pub fn begin_request(self: &Arc<Self>, max: usize) -> Option<RequestGuard> {
-        self.requests_in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| RequestGuard {
-                app: Arc::clone(self),
-            })
+    /// Counts one request in progress, unless the server is stopping. A
+    /// stop waits for the requests in progress (a publish among them is in
+    /// the broker before the streams end); one that comes later is not
+    /// served. (Counted before the check, which a stop makes after
+    /// `stopping` is set: either sees the other.)
+    pub fn begin_request(self: &Arc<Self>) -> Option<RequestGuard> {
+        self.requests_in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = RequestGuard {
+            app: Arc::clone(self),
+        };
+        (!self.stopping.load(Ordering::SeqCst)).then_some(guard)
     }
 }
 
@@ -298,19 +283,6 @@ impl Server {
             None => None,
         };
         let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded(0);
-        let (overflow_tx, overflow_rx) = crossbeam_channel::unbounded();
-        let cors_origin = config.cors_origin.clone();
-        std::thread::Builder::new()
-            .name("overflow".into())
-            .stack_size(crate::SMALL_STACK)
-            .spawn(move || crate::http::answer_overflow(overflow_rx, cors_origin))
-            .map_err(StartError::Thread)?;
-        let (discard_tx, discard_rx) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
-            .name("discard".into())
-            .stack_size(crate::SMALL_STACK)
-            .spawn(move || discard_rx.into_iter().for_each(crate::http::discard))
-            .map_err(StartError::Thread)?;
         let app = Arc::new(App {
             stream_settings: StreamSettings {
                 ping_interval: config.ping_interval,
@@ -333,8 +305,6 @@ impl Server {
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),
-            overflow_tx,
-            discard_tx,
         });
         let period = ping_clock_period(app.config.ping_interval);
         let clock_broker = Arc::clone(&app.broker);
@@ -382,15 +352,15 @@ impl Server {
     fn stop_now(&mut self) {
         let started = Instant::now();
         let deadline = started + STOP_DEADLINE;
-        self.app.stopping.store(true, Ordering::Release);
+        self.app.stopping.store(true, Ordering::SeqCst);
         self.keep_awake.take();
         if let Some(dispatcher) = self.dispatcher.take() {
             let _ = dispatcher.join();
         }
-        // Publishes on their own threads finish before streams are told to
-        // end, so each accepted event is in the broker by then.
+        // Publishes in progress finish before streams are told to end, so
+        // each accepted event is in the broker by then.
         let requests_deadline = started + STOP_DEADLINE / 2;
-        while self.app.requests_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < requests_deadline {
+        while self.app.requests_in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < requests_deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let streams = self.app.stats.open_streams();

@@ -130,6 +130,10 @@ mod ssl;
 mod test;
 mod util;
 
+/// tinysse: what handles each request on its connection's thread
+/// ([`Server::from_listener_handling`]).
+pub type Handler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
+
 /// The main class of this library.
 ///
 /// Destroying this object will immediately close the listening socket and the reading
@@ -261,6 +265,23 @@ impl Server {
         ssl_config: Option<SslConfig>,
         keep_alive_idle: Option<std::time::Duration>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_handling(listener, ssl_config, keep_alive_idle, None)
+    }
+
+    /// tinysse: [`Server::from_listener_keeping_alive`], and with a
+    /// `handler`, each request is handed to it on the thread that read it
+    /// (its connection's thread), not queued for [`Server::recv`]: no other
+    /// thread need wake up before a request is answered, and a connection's
+    /// requests are handled one after another (the next is read once the
+    /// handler has answered or dropped the one before). `recv` then gives
+    /// only the acceptor's error, if it ends. Over TLS requests are queued
+    /// as before.
+    pub fn from_listener_handling<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        keep_alive_idle: Option<std::time::Duration>,
+        handler: Option<Handler>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -303,7 +324,9 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
-        thread::spawn(move || {
+        // tinysse: named (it took the name of the thread that started it),
+        // and a thread that cannot be started is an error, not a panic
+        thread::Builder::new().name("http-accept".into()).spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
 
@@ -358,6 +381,7 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let handler = handler.clone();
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
                             if let Some(client) = client.take() {
@@ -367,6 +391,12 @@ impl Server {
                                     for rq in client {
                                         messages.push(rq.with_notify_sender(sender.clone()).into());
                                         receiver.recv().unwrap();
+                                    }
+                                } else if let Some(handler) = &handler {
+                                    // tinysse: handled here, see
+                                    // `from_listener_handling`
+                                    for rq in client {
+                                        handler(rq);
                                     }
                                 } else {
                                     for rq in client {
@@ -385,7 +415,7 @@ impl Server {
                 }
             }
             log::debug!("Terminating accept thread");
-        });
+        })?;
 
         // result
         Ok(Server {

@@ -86,7 +86,11 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // tinysse: named, as the threads that serve connections (they took
+        // the name of the thread that started them), and a thread that
+        // cannot be started drops its connection (this was a panic of the
+        // accept thread)
+        let spawned = thread::Builder::new().name("http-connection".into()).spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -130,6 +134,12 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::warn!(
+                target: "tinysse::tiny_http",
+                "cannot start a thread for a connection, which is closed: {e}"
+            );
+        }
     }
 }
 
