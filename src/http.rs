@@ -170,16 +170,20 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
 }
 
 /// Handles `request` on its connection's thread; counted as in progress
-/// (a stop waits for it), or answered `503` once the server is stopping.
+/// (a stop waits for it), or answered `503` once the server is stopping
+/// (and the connection closed). A panic is logged and goes on to tiny_http,
+/// which ends the connection.
 fn handle_on_connection(app: &Arc<App>, request: Request) {
     let Some(_in_progress) = app.begin_request() else {
         let stopping = ApiError::new(503, "the server is stopping; retry later")
             .with_header("Retry-After", "1")
             .closing();
+        request.stop_reading();
         return respond_error(app, request, stopping);
     };
-    if catch_unwind(AssertUnwindSafe(|| handle(app, request))).is_err() {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handle(app, request))) {
         log::error!("a request handler panicked; its connection was closed");
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -735,7 +739,7 @@ fn handle_publish(app: &Arc<App>, mut request: Request, query: &str) {
             respond_error(
                 app,
                 request,
-                ApiError::new(500, "internal error while publishing (logged by the server)"),
+                ApiError::new(500, "internal error while publishing (logged by the server)").closing(),
             );
             std::panic::resume_unwind(panic);
         }

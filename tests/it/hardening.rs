@@ -474,6 +474,27 @@ fn a_panic_ends_one_connection_and_the_server_goes_on() {
             .is_some_and(|e| e.contains("internal error")),
         "the 500 is JSON like every error: {answer:?}"
     );
+    // On a kept-alive connection: the 500, then the connection's end, even
+    // with a request sent behind.
+    let mut kept = TcpStream::connect(server.addr).expect("connect");
+    kept.set_read_timeout(Some(LONG)).unwrap();
+    let answer = answer_on(
+        &mut kept,
+        b"POST /publish?channel=fault.panic-publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx\
+          GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 500 "), "{answer:?}");
+    assert!(answer.contains("Connection: close"), "{answer:?}");
+    let mut rest = Vec::new();
+    assert!(
+        read_until_closed(&mut kept, LONG, &mut rest),
+        "the connection ended"
+    );
+    assert!(
+        rest.is_empty(),
+        "nothing served after the panic: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
     let id = publish(server.addr, "fine", "still serving");
     assert_eq!(healthy.next_event(LONG).map(|e| e.id_number()), Some(id));
     assert!(

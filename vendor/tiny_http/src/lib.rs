@@ -273,9 +273,10 @@ impl Server {
     /// (its connection's thread), not queued for [`Server::recv`]: no other
     /// thread need wake up before a request is answered, and a connection's
     /// requests are handled one after another (the next is read once the
-    /// handler has answered or dropped the one before). `recv` then gives
-    /// only the acceptor's error, if it ends. Over TLS requests are queued
-    /// as before.
+    /// handler has answered or dropped the one before). A handler that
+    /// panics ends its connection (the panic goes no further). `recv` then
+    /// gives only the acceptor's error, if it ends. Over TLS requests are
+    /// queued as before.
     pub fn from_listener_handling<L: Into<Listener>>(
         listener: L,
         ssl_config: Option<SslConfig>,
@@ -394,9 +395,15 @@ impl Server {
                                     }
                                 } else if let Some(handler) = &handler {
                                     // tinysse: handled here, see
-                                    // `from_listener_handling`
+                                    // `from_listener_handling`; a handler
+                                    // that panics ends the connection
                                     for rq in client {
-                                        handler(rq);
+                                        let handled = std::panic::catch_unwind(
+                                            std::panic::AssertUnwindSafe(|| handler(rq)),
+                                        );
+                                        if handled.is_err() {
+                                            break;
+                                        }
                                     }
                                 } else {
                                     for rq in client {
