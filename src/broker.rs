@@ -78,6 +78,9 @@ pub enum BrokerError {
     TooManyChannelsPerStream(usize),
     /// `max_channels` channels exist and all have subscribers.
     TooManyChannels(usize),
+    /// The broker was closed (the server is stopping): its streams have
+    /// taken their last events.
+    Closed,
 }
 
 impl fmt::Display for BrokerError {
@@ -97,6 +100,7 @@ impl fmt::Display for BrokerError {
                 f,
                 "the server holds its maximum of {max} channels, all with subscribers; try again later"
             ),
+            BrokerError::Closed => write!(f, "the server is stopping; the event was not stored"),
         }
     }
 }
@@ -369,6 +373,11 @@ impl Broker {
     ) -> Result<(Published, PendingFanOut), BrokerError> {
         validate_publish(channel, event_name)?;
         let mut registry = lock(&self.registry);
+        // Under the lock that `close` sets it with: an event committed
+        // before is drained by the streams, none is committed after.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
         let target = registry.channel(channel, self.config.max_channels)?;
         let id = (registry.last_id + 1).max(now_micros());
         let bytes = event::encode_event(Some(&id.to_string()), event_name, data)?;
@@ -464,7 +473,10 @@ impl Broker {
     /// Shutdown goes through each subscriber's own wake-up, the one events
     /// use, so that a waiting stream watches nothing else.
     pub fn close(&self) {
+        // Under the registry's lock: see `publish_later`.
+        let registry = lock(&self.registry);
         self.closed.store(true, Ordering::Release);
+        drop(registry);
         let channels = self.channels_now();
         for channel in channels {
             channel.wake_members();
@@ -1202,6 +1214,12 @@ mod tests {
         }
         assert_eq!(drain_ids(&mut ab), vec![id]);
         assert!(drain_ids(&mut a).is_empty());
+        // A publish that comes later (its body was slow) is refused: no
+        // stream would take it.
+        assert!(matches!(
+            b.publish("a", None, "too late"),
+            Err(BrokerError::Closed)
+        ));
     }
 
     #[test]

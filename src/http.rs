@@ -71,6 +71,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::TooManyChannels(_) => {
                 ApiError::new(503, e.to_string()).with_header("Retry-After", "5")
             }
+            BrokerError::Closed => ApiError::new(503, e.to_string())
+                .with_header("Retry-After", "1")
+                .closing(),
             e => ApiError::new(400, e.to_string()),
         }
     }
@@ -209,16 +212,7 @@ fn handle(app: &Arc<App>, request: Request) {
         );
         return respond_error(app, request, error);
     }
-    if app.ended.is_marked(&request) {
-        log::debug!(
-            "{} {} from {:?}: behind a stream on its connection, not served",
-            request.method(),
-            request.url(),
-            request.remote_addr()
-        );
-        return discard(request);
-    }
-    if let Some(error) = framing_error(app, &request) {
+    if let Some(error) = framing_error(&request) {
         return respond_error(app, request, error);
     }
     let url = origin_form(request.url());
@@ -254,14 +248,16 @@ fn origin_form(target: &str) -> String {
 
 /// Answers `HEAD` of a stream path with the head a `GET` gets (or its
 /// `400` for bad channels), without opening a stream; the connection is
-/// ended (`end_with_stream`).
+/// ended.
 fn open_stream_head(app: &Arc<App>, request: Request, path: &str, query: &str) {
     if path == "/events" {
         if let Err(e) = broker::validate_subscription(&requested_channels(query)) {
             return respond_error(app, request, e.into());
         }
     }
-    end_with_stream(app, &request);
+    // The head says `Connection: close`: what the client sent behind it is
+    // not read as requests, and tiny_http's reader of it leaves at once.
+    request.stop_reading();
     serve_plain(app, request, Plain::StreamHead, "", "");
 }
 
@@ -275,17 +271,6 @@ fn stream_head(app: &App, request: Request) {
     }
 }
 
-/// The connection of `request` ends with the stream head about to be
-/// written, which says `Connection: close`: what the client sent behind it
-/// is not served (`App::ended`), and tiny_http's reader of it is let go at
-/// once (`Request::stop_reading`). Called before the connection's next
-/// request is read. (A stream's connection is taken out of tiny_http
-/// instead, see [`open_stream`].)
-fn end_with_stream(app: &App, request: &Request) {
-    app.ended.mark(request);
-    request.stop_reading();
-}
-
 /// The `channel` values of a stream request's query, as given.
 fn requested_channels(query: &str) -> Vec<String> {
     form_urlencoded::parse(query.as_bytes())
@@ -294,21 +279,11 @@ fn requested_channels(query: &str) -> Vec<String> {
         .collect()
 }
 
-/// The `400` for a request with ambiguous framing (see `framing`), or for
-/// any later one on its connection, which is then marked and closed.
-fn framing_error(app: &App, request: &Request) -> Option<ApiError> {
-    if app.marked.is_marked(request) {
-        return Some(
-            ApiError::new(
-                400,
-                "an earlier request on this connection had ambiguous framing or a body that could not be read; not served, and the connection is closed",
-            )
-            .closing(),
-        );
-    }
+/// The `400` for a request with ambiguous framing (see `framing`), after
+/// which its connection is closed.
+fn framing_error(request: &Request) -> Option<ApiError> {
     let ambiguity = crate::framing::ambiguity(request.headers())?;
     Some(end_connection(
-        app,
         request,
         ApiError::new(400, format!("{ambiguity}; the connection is closed")),
     ))
@@ -316,11 +291,10 @@ fn framing_error(app: &App, request: &Request) -> Option<ApiError> {
 
 /// `error`, after which `request`'s connection is done with: where its
 /// next request starts is not known (ambiguous framing, a body that could
-/// not be read to its end, a chunked one among them). Later requests read
-/// from it get `400` unserved, and its reader is let go as a stream's is, so
-/// the connection closes once the answers are out.
-fn end_connection(app: &App, request: &Request, error: ApiError) -> ApiError {
-    app.marked.mark(request);
+/// not be read to its end, a chunked one among them). Nothing after it is
+/// read as a request (`Request::stop_reading`, as for a stream's head),
+/// and the connection closes once the answer is out.
+fn end_connection(request: &Request, error: ApiError) -> ApiError {
     request.stop_reading();
     error.closing()
 }
@@ -511,13 +485,11 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     });
     // Taken, the connection has a descriptor of the stream's own and no
     // reader: tiny_http's reader stops at once (what the client sent
-    // behind the stream is not served: `App::ended`), and its buffers and
-    // the connection's second descriptor go with it.
-    let connection_id = request.connection_id();
+    // behind the stream is not read as requests), and its buffers and the
+    // connection's second descriptor go with it.
     let refused = match started {
         Ok(handoff) => match request.take_connection() {
             Ok(connection) => {
-                app.ended.mark_connection(connection_id);
                 let _ = handoff.send(StreamStart {
                     connection: Box::new(connection),
                     params,
@@ -771,7 +743,7 @@ fn publish_request(
     // Framing was checked by `handle` (`framing_error`).
     let declared = request.body_length();
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)
-        .map_err(|e| end_connection(app, request, ApiError::from(e)))?;
+        .map_err(|e| end_connection(request, ApiError::from(e)))?;
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);
     let (published, fan_out) = match &app.redis {
@@ -866,13 +838,6 @@ fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Curso
         response.add_header(header("Access-Control-Allow-Origin", origin));
     }
     response
-}
-
-/// Lets a request go unanswered: its writer is dropped unused (its turn
-/// passes to the next answer on the connection), then the request, whose
-/// body tiny_http reads to its end (for at most the read timeout).
-fn discard(request: Request) {
-    drop(request.into_writer());
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {

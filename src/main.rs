@@ -184,7 +184,8 @@ fn fault_signals_ignored() -> bool {
 }
 
 /// Stack size for tiny_http's connection threads, which follow only
-/// `RUST_MIN_STACK`. They parse request heads and touch 12 KiB; the size is
+/// `RUST_MIN_STACK`. They parse request heads and answer the requests
+/// (streams aside), touching up to ~24 KiB; the size is
 /// about glibc, which keeps up to 40 MiB of exited threads' stacks for reuse,
 /// touched pages and all. After a burst of connects, 128 KiB pool stacks
 /// left ~310 cached (3.7 MiB resident); at 1 MiB at most 40 stay (0.5 MiB),

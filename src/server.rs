@@ -141,11 +141,6 @@ pub struct App {
     pub stream_settings: StreamSettings,
     /// The request heads received, for the head guard.
     pub heads: Arc<HeadLog>,
-    /// Connections that sent a request with ambiguous framing.
-    pub marked: crate::framing::MarkedConnections,
-    /// Connections whose answer ended them (a stream, the head of one): a
-    /// request that came behind on the same connection is discarded.
-    pub ended: crate::framing::MarkedConnections,
     /// Where streams send their closing lines.
     pub stream_log: StreamLog,
     /// Ready (disconnected) once streams must end.
@@ -162,10 +157,11 @@ impl App {
     }
 
     /// Counts one request in progress, unless the server is stopping. A
-    /// stop waits for the requests in progress (a publish among them is in
-    /// the broker before the streams end); one that comes later is not
-    /// served. (Counted before the check, which a stop makes after
-    /// `stopping` is set: either sees the other.)
+    /// stop waits a while for the requests in progress, so that a publish
+    /// among them is in the broker before the streams end (one that takes
+    /// longer, its body slow, is refused by the closed broker); one that
+    /// comes later is not served. (Counted before the check, which a stop
+    /// makes after `stopping` is set: either sees the other.)
     pub fn begin_request(self: &Arc<Self>) -> Option<RequestGuard> {
         self.requests_in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = RequestGuard {
@@ -295,11 +291,6 @@ impl Server {
             redis,
             stats: Arc::new(Stats::default()),
             heads: Arc::new(HeadLog::default()),
-            marked: crate::framing::MarkedConnections::default(),
-            ended: crate::framing::MarkedConnections::new(
-                crate::framing::ENDED_FOR,
-                crate::framing::MAX_ENDED,
-            ),
             stream_log: StreamLog::start().map_err(StartError::Thread)?,
             shutdown_rx,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),

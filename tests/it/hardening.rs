@@ -605,6 +605,7 @@ fn a_connection_that_gets_no_second_descriptor_is_answered_503_without_a_panic()
     // the connection unanswered.
     let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "1m"]);
     let idle = server.fds();
+    let idle_targets = server.fd_targets();
     let pid = server.pid() as i32;
     let (mut soft, mut hard) = (0u64, 0u64);
     rlimit::prlimit(pid, rlimit::Resource::NOFILE, None, Some((&mut soft, &mut hard))).unwrap();
@@ -612,7 +613,13 @@ fn a_connection_that_gets_no_second_descriptor_is_answered_503_without_a_panic()
     // server's own keep-awake connects may take or free one meanwhile: a
     // few tries, each once the last one's connection is gone.
     let refused = (0..10).find_map(|attempt| {
-        assert!(wait_until(LONG, || server.fds() <= idle), "{}", server.logs());
+        assert!(
+            wait_until(LONG, || server.fds() <= idle),
+            "descriptors {:?} at first, now {:?}\n{}",
+            idle_targets,
+            server.fd_targets(),
+            server.logs()
+        );
         // Connections that come together take two descriptors each as
         // they are accepted: with an odd number to spare, one is accepted
         // into the last (an even number, or the server's own short-lived

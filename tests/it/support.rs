@@ -188,6 +188,21 @@ impl TestServer {
             .unwrap_or(0)
     }
 
+    /// What its open file descriptors are (`/proc/<pid>/fd` links), for
+    /// failure messages.
+    pub fn fd_targets(&self) -> Vec<String> {
+        let mut targets: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .map(|target| target.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        targets.sort();
+        targets
+    }
+
     /// Its open file descriptors, from `/proc/<pid>/fd`.
     pub fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))

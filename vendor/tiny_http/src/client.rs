@@ -5,6 +5,8 @@ use std::io::Result as IoResult;
 use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use std::str::FromStr;
 
@@ -48,14 +50,16 @@ pub struct ClientConnection {
     #[cfg(unix)]
     socket_fd: Option<std::os::fd::RawFd>,
 
-    // tinysse: this connection's number, given to each of its requests
-    // (`Request::connection_id`)
-    connection_id: u64,
+    // tinysse: set by a request's `stop_reading` or `take_connection`: no
+    // request is read from the connection after that one
+    reading_stopped: Arc<AtomicBool>,
 }
 
-/// tinysse: the number the next connection gets; 0 is left for requests
-/// not read from a connection.
-static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// tinysse: what is read and dropped, at most, of what a client sent
+/// behind the last request read from its connection, before the connection
+/// is closed (a socket closed with bytes unread is reset, and the kernel
+/// then drops the answers it has not sent yet).
+const DRAIN_BYTES: usize = 64 * 1024;
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
@@ -144,7 +148,7 @@ impl ClientConnection {
             served: false,
             #[cfg(unix)]
             socket_fd,
-            connection_id: NEXT_CONNECTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            reading_stopped: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -292,7 +296,7 @@ impl ClientConnection {
             Some(fd) => request.with_socket(shared, fd),
             None => request,
         };
-        let request = request.with_connection_id(self.connection_id);
+        let request = request.with_reading_stopped(Arc::clone(&self.reading_stopped));
 
         // return the request
         self.served = true;
@@ -309,6 +313,21 @@ impl Iterator for ClientConnection {
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            return None;
+        }
+
+        // tinysse: a handler stopped the connection's reading: what came
+        // behind is not read as requests, only drained (the reading side is
+        // shut down, so this ends with what is queued)
+        if self.reading_stopped.load(Ordering::Acquire) {
+            let mut sink = [0u8; 512];
+            let mut drained = 0;
+            while drained < DRAIN_BYTES {
+                match self.next_header_source.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
             return None;
         }
 

@@ -5,14 +5,16 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 #[cfg(unix)]
 use std::{
     io::BufWriter,
     mem::ManuallyDrop,
     net::{Shutdown, TcpStream},
     os::fd::{BorrowedFd, FromRawFd, RawFd},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Mutex, PoisonError},
 };
 
 #[cfg(unix)]
@@ -93,8 +95,9 @@ pub struct Request {
     #[cfg(unix)]
     socket: Option<(SharedSocket, RawFd)>,
 
-    // tinysse: the number of the connection it was read from (0: none)
-    connection_id: u64,
+    // tinysse: set by `stop_reading` and `take_connection`, read by the
+    // connection before it reads another request
+    reading_stopped: Arc<AtomicBool>,
 }
 
 /// tinysse: a connection's write half, shared by the writers of its answers.
@@ -349,7 +352,7 @@ where
         notify_when_responded: None,
         #[cfg(unix)]
         socket: None,
-        connection_id: 0,
+        reading_stopped: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -403,16 +406,6 @@ impl Request {
     #[inline]
     pub fn remote_addr(&self) -> Option<&SocketAddr> {
         self.remote_addr.as_ref()
-    }
-
-    /// tinysse: a number that tells the connection this request was read
-    /// from apart from every other connection the server accepted, as the
-    /// client's address cannot (a new connection may come from the port
-    /// of one that just closed). 0 for a request not read from a
-    /// connection (`TestRequest`).
-    #[inline]
-    pub fn connection_id(&self) -> u64 {
-        self.connection_id
     }
 
     /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
@@ -598,9 +591,10 @@ impl Request {
         self
     }
 
-    /// tinysse: the number of the connection the request was read from.
-    pub(crate) fn with_connection_id(mut self, connection_id: u64) -> Self {
-        self.connection_id = connection_id;
+    /// tinysse: the flag its connection reads before reading another
+    /// request.
+    pub(crate) fn with_reading_stopped(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.reading_stopped = flag;
         self
     }
 
@@ -611,15 +605,16 @@ impl Request {
         self
     }
 
-    /// tinysse: no request is read from this connection after this one: the
-    /// read side of its socket is shut down, so tiny_http's reader of the
-    /// connection reads what it holds already, then the end, and leaves
-    /// (at once, instead of waiting out the idle timeout). The answer to
-    /// this request, and to any read before it, is still written; the
-    /// connection closes after the last. Nothing happens for a request not
-    /// read from a TCP connection.
+    /// tinysse: no request is read from this connection after this one:
+    /// what the client sent behind it is not read as requests, only drained
+    /// before the connection closes, and the read side of its socket is
+    /// shut down, so that tiny_http's reader of the connection leaves at
+    /// once (instead of waiting out the idle timeout). The answer to this
+    /// request, and to any read before it, is still written; the connection
+    /// closes after the last.
     #[cfg(unix)]
     pub fn stop_reading(&self) {
+        self.reading_stopped.store(true, Ordering::Release);
         if let Some((_, fd)) = &self.socket {
             // SAFETY: the write half held with it owns `fd` and keeps it
             // open; ManuallyDrop: this borrowed use must not close it.
@@ -656,6 +651,7 @@ impl Request {
             }
         };
         socket.shutdown(Shutdown::Read).ok();
+        self.reading_stopped.store(true, Ordering::Release);
         let writer = self.extract_writer_impl();
         Ok(TakenConnection {
             writer,
