@@ -36,6 +36,7 @@
 //! the nodes raising `tinysse:last-id` again, unless Redis' clock went back.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,12 @@ const BACKFILL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Idle publish connections kept.
 const POOL_SIZE: usize = 8;
+
+/// Publishes (and back-fills) talking to Redis at once, at most, each on a
+/// connection of its own: past it a publish gets `503` rather than one more
+/// connection (and descriptor). Requests are answered on their connections'
+/// threads, so nothing else bounds how many come at once.
+const MAX_IN_USE: usize = 64;
 
 /// The key of a channel's stream.
 pub fn channel_key(channel: &str) -> String {
@@ -194,6 +201,8 @@ pub(crate) struct Shared {
     pub(crate) position: Mutex<Position>,
     pub(crate) position_changed: Condvar,
     pool: Mutex<Vec<Connection>>,
+    /// Connections taken from the pool or opened, not yet given back.
+    in_use: AtomicUsize,
 }
 
 impl Shared {
@@ -239,6 +248,9 @@ impl Shared {
         if !self.position().connected {
             return Err(self.unavailable("not connected; reconnecting"));
         }
+        let Some(_in_use) = InUse::take(&self.in_use, MAX_IN_USE) else {
+            return Err(self.unavailable(format!("{MAX_IN_USE} requests are waiting for it already")));
+        };
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut con = match pooled {
             Some(con) => con,
@@ -267,6 +279,26 @@ impl Shared {
                 self.unavailable(e)
             }
         })
+    }
+}
+
+/// One of at most `max` counted in `count`, given back when dropped.
+struct InUse<'a>(&'a AtomicUsize);
+
+impl<'a> InUse<'a> {
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<InUse<'a>> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InUse(count))
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -309,6 +341,7 @@ impl RedisBus {
             position: Mutex::new(Position::default()),
             position_changed: Condvar::new(),
             pool: Mutex::new(Vec::new()),
+            in_use: AtomicUsize::new(0),
         });
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let reader = Arc::clone(&shared);
@@ -492,6 +525,18 @@ fn without_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_in_use_are_bounded_and_given_back() {
+        let count = AtomicUsize::new(0);
+        let first = InUse::take(&count, 2).expect("room for two");
+        let second = InUse::take(&count, 2).expect("room for two");
+        assert!(InUse::take(&count, 2).is_none(), "two in use");
+        drop(first);
+        let third = InUse::take(&count, 2).expect("one given back");
+        drop((second, third));
+        assert_eq!(count.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn errors_say_what_to_do() {
