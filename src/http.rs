@@ -841,7 +841,9 @@ fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Curso
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {
-    note_unsent(if keep_alive::stays_open(&request) {
+    note_unsent(if request.is_reading_stopped() {
+        keep_alive::respond_closing(request, response)
+    } else if keep_alive::stays_open(&request) {
         keep_alive::respond_kept(request, response)
     } else {
         request.respond(response)

@@ -1570,3 +1570,36 @@ fn a_client_that_pipelines_without_reading_holds_one_thread() {
     }
     sending.join().expect("sender").expect("all requests sent");
 }
+
+#[test]
+fn a_chunked_body_no_handler_reads_is_skipped_not_read_as_a_request() {
+    // A body of known length that a handler does not read is skipped; a
+    // chunked one was read as the next request: its chunk lines got an
+    // answer of their own (a 400, or a 405 for a line that looked like a
+    // method), which a kept-alive client (Python's http.client) took for
+    // the answer to its next request.
+    let server = TestServer::start(&["--tick-interval", "0", "--publish-token", "sekrit"]);
+    let behind = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let cases = [
+        ("POST /nope", "5\r\nhello\r\n0\r\n\r\n", "404"),
+        (
+            "GET /health",
+            "9;x /health HTTP/1.1\r\nabcdefghi\r\n0\r\n\r\n",
+            "200",
+        ),
+        ("OPTIONS /health", "3\r\nabc\r\n0\r\n\r\n", "405"),
+        ("POST /publish?channel=c", "2\r\nhi\r\n0\r\n\r\n", "401"),
+    ];
+    for (request_line, body, status) in cases {
+        let request =
+            format!("{request_line} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}{behind}");
+        let answers = String::from_utf8_lossy(&answer_to(server.addr, request.as_bytes())).to_string();
+        let statuses: Vec<&str> = answers
+            .match_indices("HTTP/1.1 ")
+            .map(|(at, _)| &answers[at + 9..at + 12])
+            .collect();
+        assert_eq!(statuses, [status, "200"], "{request_line}: {answers}");
+        assert!(answers.contains("\"status\":\"ok\""), "{request_line}: {answers}");
+    }
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
+}

@@ -85,6 +85,9 @@ pub struct Request {
     // true if a `100 Continue` response must be sent when `as_reader()` is called
     must_send_continue: bool,
 
+    // tinysse: the body is chunked (and its reader what decodes it)
+    chunked_body: bool,
+
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
 
@@ -349,6 +352,7 @@ where
         headers,
         body_length: content_length,
         must_send_continue: expects_continue,
+        chunked_body: transfer_encoding.is_some() && !connection_upgrade,
         notify_when_responded: None,
         #[cfg(unix)]
         socket: None,
@@ -624,6 +628,13 @@ impl Request {
         }
     }
 
+    /// tinysse: true once [`Request::stop_reading`] (or `take_connection`)
+    /// was called for this request or one before it on its connection: the
+    /// connection closes after this answer.
+    pub fn is_reading_stopped(&self) -> bool {
+        self.reading_stopped.load(Ordering::Acquire)
+    }
+
     /// tinysse: takes the connection out of tiny_http, for an answer that
     /// writes to it for as long as it likes (an event stream): the socket
     /// gets a descriptor of its own, its read side is shut down (see
@@ -672,8 +683,54 @@ impl fmt::Debug for Request {
     }
 }
 
+/// tinysse: a chunked body left unread is read to its end when its request
+/// is dropped, as a body of known length is (`EqualReader`), so that the
+/// connection's next request starts where it should; at most this much of
+/// it and for at most [`CHUNKED_DRAIN_TIME`], past which the connection is
+/// closed instead.
+const CHUNKED_DRAIN_BYTES: usize = 64 * 1024;
+
+/// tinysse: see [`CHUNKED_DRAIN_BYTES`].
+const CHUNKED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Request {
+    /// tinysse: reads what is left of a chunked body (see
+    /// [`CHUNKED_DRAIN_BYTES`]). Without it the rest of the body was read
+    /// as the next request: its chunk lines got an answer (a `400`, or a
+    /// `405` for a line that looked like a method), which the client took
+    /// for the answer to its next request.
+    fn drain_chunked_body(&mut self) {
+        if !self.chunked_body {
+            return;
+        }
+        let Some(reader) = self.data_reader.as_mut() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut sink = [0u8; 1024];
+        let mut drained = 0;
+        let ended = loop {
+            if drained > CHUNKED_DRAIN_BYTES || started.elapsed() > CHUNKED_DRAIN_TIME {
+                break false;
+            }
+            match reader.read(&mut sink) {
+                Ok(0) => break true,
+                Ok(n) => drained += n,
+                Err(_) => break false,
+            }
+        };
+        if !ended {
+            #[cfg(unix)]
+            self.stop_reading();
+            #[cfg(not(unix))]
+            self.reading_stopped.store(true, Ordering::Release);
+        }
+    }
+}
+
 impl Drop for Request {
     fn drop(&mut self) {
+        self.drain_chunked_body();
         if self.response_writer.is_some() {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
