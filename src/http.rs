@@ -154,8 +154,13 @@ fn route(method: &Method, path: &str, cors: bool) -> Route {
 /// descriptor left, see `acceptor`); a new one is then started on the same
 /// listener.
 pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
-    let handler_app = Arc::clone(app);
-    let handler: tiny_http::Handler = Arc::new(move |request| handle_on_connection(&handler_app, request));
+    // Weak: the connections' threads may outlive the server (an idle
+    // kept-alive connection), and must not keep its broker and the rest.
+    let handler_app = Arc::downgrade(app);
+    let handler: tiny_http::Handler = Arc::new(move |request| match handler_app.upgrade() {
+        Some(app) => handle_on_connection(&app, request),
+        None => answer_stopping(request, None),
+    });
     let mut acceptor = match Acceptor::start(listener, handler) {
         Ok(started) => started,
         Err(e) => {
@@ -178,16 +183,22 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
 /// which ends the connection.
 fn handle_on_connection(app: &Arc<App>, request: Request) {
     let Some(_in_progress) = app.begin_request() else {
-        let stopping = ApiError::new(503, "the server is stopping; retry later")
-            .with_header("Retry-After", "1")
-            .closing();
-        request.stop_reading();
-        return respond_error(app, request, stopping);
+        return answer_stopping(request, app.config.cors_origin.as_deref());
     };
     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handle(app, request))) {
         log::error!("a request handler panicked; its connection was closed");
         std::panic::resume_unwind(panic);
     }
+}
+
+/// `503`, the server is stopping, and the connection closes after it.
+fn answer_stopping(request: Request, cors_origin: Option<&str>) {
+    let stopping = ApiError::new(503, "the server is stopping; retry later").with_header("Retry-After", "1");
+    request.stop_reading();
+    note_unsent(keep_alive::respond_closing(
+        request,
+        error_response(&stopping, cors_origin),
+    ));
 }
 
 fn handle(app: &Arc<App>, request: Request) {

@@ -391,6 +391,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stopped_server_is_not_kept_alive_by_its_open_connections() {
+        use std::io::{Read, Write};
+        let config = Config {
+            port: 0,
+            tick_interval: None,
+            max_connections: 100,
+            ..Config::default()
+        };
+        let server = Server::start(config).expect("start");
+        // A kept-alive connection, idle: its thread waits 5 s for a next
+        // request.
+        let mut connection = std::net::TcpStream::connect(server.local_addr()).expect("connect");
+        connection
+            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("send");
+        connection
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut answer = [0u8; 512];
+        let read = connection.read(&mut answer).expect("an answer");
+        assert!(answer[..read].starts_with(b"HTTP/1.1 200 OK"));
+        let app = Arc::downgrade(server.app());
+        server.stop();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while app.upgrade().is_some() {
+            assert!(Instant::now() < deadline, "the app outlived its server");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(connection);
+    }
+
+    #[test]
     fn streams_allowed_leaves_room_for_other_mappings() {
         assert_eq!(streams_allowed(65530, 4), 14846);
         assert_eq!(streams_allowed(262_144, 4), 64_000);
