@@ -573,11 +573,26 @@ fn a_stream_pipelined_behind_a_request_starts_after_its_answer() {
               GET /events?channel=behind HTTP/1.1\r\nHost: t\r\n\r\n",
         )
         .unwrap();
-    wait_open_streams(&server, 1);
-    let id = publish(server.addr, "behind", "after the answer");
+    // Published once the stream's head came (the subscription exists by
+    // then; the stream's count goes up before).
     let mut received = Vec::new();
     let deadline = Instant::now() + LONG;
     let mut chunk = [0u8; 4096];
+    let head_end = |received: &[u8]| {
+        let text = String::from_utf8_lossy(received).to_string();
+        text.find("text/event-stream")
+            .is_some_and(|at| text[at..].contains("\r\n\r\n"))
+    };
+    while !head_end(&received) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{}", String::from_utf8_lossy(&received));
+        client.set_read_timeout(Some(left)).unwrap();
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let id = publish(server.addr, "behind", "after the answer");
     while !String::from_utf8_lossy(&received).contains("data: after the answer") {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "{}", String::from_utf8_lossy(&received));
@@ -896,15 +911,22 @@ fn a_stream_ends_with_a_clean_close_even_if_its_client_sent_more() {
     socket
         .write_all(b"GET /events?channel=extra HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    wait_open_streams(&server, 1);
+    // The head: the subscription exists once it is sent (the stream's
+    // count goes up before, on the connection's thread).
+    let mut received = Vec::new();
+    socket.set_read_timeout(Some(LONG)).unwrap();
+    let mut chunk = [0u8; 4096];
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut chunk) {
+            Ok(n) if n > 0 => received.extend_from_slice(&chunk[..n]),
+            other => panic!("no stream head: {other:?}"),
+        }
+    }
     socket.write_all(b"\r\nmore bytes\r\n").unwrap();
     let ids: Vec<u64> = (0..20)
         .map(|n| publish(server.addr, "extra", &n.to_string()))
         .collect();
     server.signal("TERM");
-    let mut received = Vec::new();
-    socket.set_read_timeout(Some(LONG)).unwrap();
-    let mut chunk = [0u8; 4096];
     let end = loop {
         match socket.read(&mut chunk) {
             Ok(0) => break Ok(()),
