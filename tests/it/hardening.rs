@@ -619,6 +619,9 @@ fn a_connection_that_gets_no_second_descriptor_is_answered_503_without_a_panic()
     // ended tiny_http's accept thread (restarted by `acceptor`) and reset
     // the connection unanswered.
     let server = TestServer::start(&["--tick-interval", "0", "--ping-interval", "1m"]);
+    // Up and accepting: tiny_http's acceptor holds its own descriptor of the
+    // listening socket (counted as idle too: it comes back after a restart).
+    assert!(answers_health(&server), "{}", server.logs());
     let idle = server.fds();
     let idle_targets = server.fd_targets();
     let pid = server.pid() as i32;
