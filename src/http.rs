@@ -228,11 +228,43 @@ fn handle(app: &Arc<App>, request: Request) {
     }
     let url = origin_form(request.url());
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let path = decode_unreserved(path);
+    let path = path.as_str();
     match route(request.method(), path, app.config.cors_origin.is_some()) {
         Route::Stream { demo } => open_stream(app, request, query, demo),
         Route::Plain(Plain::StreamHead) => open_stream_head(app, request, path, query),
         Route::Plain(plain) => serve_plain(app, request, plain, path, query),
     }
+}
+
+/// `path` with each percent-encoded unreserved character (`A-Z a-z 0-9 -
+/// . _ ~`) decoded, which RFC 3986 (6.2.2.2) makes the same path:
+/// `/%68ealth` is `/health`. Other escapes (`%2F` among them) stay as
+/// sent.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = (bytes[at] == b'%')
+            .then(|| path.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match escaped {
+            Some(byte) => {
+                decoded.push(char::from(byte));
+                at += 3;
+            }
+            None => {
+                // Paths are ASCII (tiny_http refuses other bytes): one
+                // byte is one character.
+                decoded.push(char::from(bytes[at]));
+                at += 1;
+            }
+        }
+    }
+    decoded
 }
 
 /// A request target as a path and query: the absolute form
@@ -871,6 +903,17 @@ fn note_unsent(sent: std::io::Result<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_unreserved_characters_are_decoded_in_paths() {
+        assert_eq!(decode_unreserved("/%68ealth"), "/health");
+        assert_eq!(decode_unreserved("/%65%76ents"), "/events");
+        assert_eq!(decode_unreserved("/a%2Db%7e"), "/a-b~");
+        assert_eq!(decode_unreserved("/%2Fhealth"), "/%2Fhealth");
+        assert_eq!(decode_unreserved("/%20x%"), "/%20x%");
+        assert_eq!(decode_unreserved("/%6"), "/%6");
+        assert_eq!(decode_unreserved("/%zz"), "/%zz");
+    }
 
     #[test]
     fn absolute_targets_become_paths() {

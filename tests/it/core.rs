@@ -719,3 +719,18 @@ fn an_absolute_form_target_is_served_as_its_path() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"status\":\"ok\""), "{answer}");
 }
+
+#[test]
+fn a_path_with_escaped_unreserved_characters_is_the_same_path() {
+    // RFC 3986 (6.2.2.2): `%68` is `h`, so `/%68ealth` is `/health`.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let health = get(server.addr, "/%68ealth");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert!(health.body.contains("\"status\":\"ok\""), "{health:?}");
+    let mut stream = SseClient::connect(server.addr, "/%65vents?channel=esc", &[]);
+    assert_eq!(stream.status(), 200, "{}", stream.head);
+    let id = publish(server.addr, "esc", "same path");
+    assert_eq!(stream.next_event(10 * SECOND).map(|e| e.id_number()), Some(id));
+    // An escaped slash is not a slash.
+    assert_eq!(get(server.addr, "/%2Fhealth").status, 404);
+}
