@@ -119,6 +119,8 @@ enum Plain {
     StreamHead,
     Publish,
     PublishPreflight,
+    /// `OPTIONS *`: what the server as a whole allows (RFC 9110, 9.3.7).
+    ServerOptions,
     Health,
     Metrics,
     DemoPage,
@@ -137,6 +139,7 @@ fn route(method: &Method, path: &str, cors: bool) -> Route {
         "/" | "/events" => Plain::WrongMethod("GET, HEAD"),
         "/publish" if *method == Method::Post => Plain::Publish,
         "/publish" if *method == Method::Options => Plain::PublishPreflight,
+        "*" if *method == Method::Options => Plain::ServerOptions,
         "/publish" if cors => Plain::WrongMethod("POST, OPTIONS"),
         "/publish" => Plain::WrongMethod("POST"),
         "/health" if get_like => Plain::Health,
@@ -388,6 +391,14 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
                     .with_header("Allow", "POST"),
             ),
         },
+        Plain::ServerOptions => {
+            let allow = if app.config.cors_origin.is_some() {
+                "GET, HEAD, POST, OPTIONS"
+            } else {
+                "GET, HEAD, POST"
+            };
+            send(request, Response::empty(204).with_header(header("Allow", allow)));
+        }
         Plain::Health => {
             let mut body = json!({
                 "status": if app.is_stopping() { "stopping" } else { "ok" },

@@ -734,3 +734,16 @@ fn a_path_with_escaped_unreserved_characters_is_the_same_path() {
     // An escaped slash is not a slash.
     assert_eq!(get(server.addr, "/%2Fhealth").status, 404);
 }
+
+#[test]
+fn options_asterisk_says_what_the_server_allows() {
+    // RFC 9110, 9.3.7: `OPTIONS *` asks about the server as a whole.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let response = http(server.addr, "OPTIONS", "*", &[], b"");
+    assert_eq!(response.status, 204, "{response:?}");
+    let allow = response.header("Allow").unwrap_or_default();
+    let methods: Vec<&str> = allow.split(',').map(str::trim).collect();
+    assert_eq!(methods, ["GET", "HEAD", "POST"], "{response:?}");
+    assert!(response.body.is_empty(), "{response:?}");
+    assert_eq!(get(server.addr, "/health").status, 200);
+}
