@@ -13,6 +13,17 @@
 
 use tiny_http::Header;
 
+/// What is wrong with an HTTP/1.0 request's framing, if anything: a
+/// `Transfer-Encoding` header, which HTTP/1.0 does not have, so that a
+/// 1.0 proxy in front frames the body otherwise (RFC 9112, 6.1: such a
+/// message's framing is faulty, and its connection closes).
+pub fn http10_transfer_coding(headers: &[Header]) -> Option<String> {
+    headers
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"))
+        .then(|| "Transfer-Encoding in an HTTP/1.0 request; send the body with a Content-Length".to_string())
+}
+
 /// What is ambiguous about a request's framing, if anything. A transfer
 /// coding other than `chunked` alone counts: tiny_http would take the body
 /// as chunked and hand on what the other coding left (a gzip body
@@ -57,6 +68,12 @@ mod tests {
             .iter()
             .map(|(n, v)| Header::from_bytes(n.as_bytes(), v.as_bytes()).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn http_1_0_has_no_transfer_coding() {
+        assert_eq!(http10_transfer_coding(&headers(&[("Content-Length", "3")])), None);
+        assert!(http10_transfer_coding(&headers(&[("transfer-encoding", "chunked")])).is_some());
     }
 
     #[test]

@@ -328,7 +328,12 @@ fn requested_channels(query: &str) -> Vec<String> {
 /// The `400` for a request with ambiguous framing (see `framing`), after
 /// which its connection is closed.
 fn framing_error(request: &Request) -> Option<ApiError> {
-    let ambiguity = crate::framing::ambiguity(request.headers())?;
+    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let ambiguity = crate::framing::ambiguity(request.headers()).or_else(|| {
+        http10
+            .then(|| crate::framing::http10_transfer_coding(request.headers()))
+            .flatten()
+    })?;
     Some(end_connection(
         request,
         ApiError::new(400, format!("{ambiguity}; the connection is closed")),
@@ -895,13 +900,20 @@ fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Curso
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {
-    note_unsent(if request.is_reading_stopped() {
+    // A connection that closes after the answer says so (RFC 9112, 9.6),
+    // also when an HTTP/1.1 client asked for it (for HTTP/1.0 closing is
+    // the default, said by saying nothing).
+    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let sent = if request.is_reading_stopped() {
         keep_alive::respond_closing(request, response)
     } else if keep_alive::stays_open(&request) {
         keep_alive::respond_kept(request, response)
-    } else {
+    } else if http10 {
         request.respond(response)
-    });
+    } else {
+        keep_alive::respond_closing(request, response)
+    };
+    note_unsent(sent);
 }
 
 /// An answer that could not be written: its client left; worth a debug line.

@@ -1628,3 +1628,37 @@ fn a_chunked_body_no_handler_reads_is_skipped_not_read_as_a_request() {
     }
     assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
 }
+
+#[test]
+fn http_1_0_with_a_transfer_coding_gets_400_and_its_connection_closes() {
+    // RFC 9112, 6.1: HTTP/1.0 has no transfer codings, so such a message's
+    // framing is faulty (a 1.0 proxy in front reads its body otherwise);
+    // it was published, kept alive, and what came behind served.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let behind = "POST /publish?channel=behind HTTP/1.0\r\nContent-Length: 2\r\n\r\nhi";
+    let request = format!(
+        "POST /publish?channel=s HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n{behind}"
+    );
+    let answer = String::from_utf8_lossy(&answer_to(server.addr, request.as_bytes())).to_string();
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
+    assert!(
+        answer.contains("Transfer-Encoding in an HTTP/1.0 request"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
+    assert_eq!(
+        answer.matches("\r\nServer: ").count(),
+        1,
+        "nothing else answered: {answer}"
+    );
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
+    // An answer after which the server closes says so, also when the
+    // client asked for the close.
+    let closing = answer_to(
+        server.addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let closing = String::from_utf8_lossy(&closing);
+    assert!(closing.starts_with("HTTP/1.1 200"), "{closing}");
+    assert!(closing.contains("\r\nConnection: close\r\n"), "{closing}");
+}
