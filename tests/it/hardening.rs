@@ -561,6 +561,26 @@ fn connections_are_accepted_after_idle_periods_longer_than_the_read_timeout() {
     assert!(!server.logs().contains("acceptor stopped"), "{}", server.logs());
 }
 
+/// Reads from `client` into `received` until `done` holds for what came
+/// (as text), the connection ends, or `deadline` passes (a failure).
+fn read_until(
+    client: &mut TcpStream,
+    received: &mut Vec<u8>,
+    deadline: Instant,
+    done: impl Fn(&str) -> bool,
+) {
+    let mut chunk = [0u8; 4096];
+    while !done(&String::from_utf8_lossy(received)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{}", String::from_utf8_lossy(received));
+        client.set_read_timeout(Some(left)).unwrap();
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 #[test]
 fn a_stream_pipelined_behind_a_request_starts_after_its_answer() {
     // The stream's connection is taken out of tiny_http, which writes the
@@ -577,31 +597,14 @@ fn a_stream_pipelined_behind_a_request_starts_after_its_answer() {
     // then; the stream's count goes up before).
     let mut received = Vec::new();
     let deadline = Instant::now() + LONG;
-    let mut chunk = [0u8; 4096];
-    let head_end = |received: &[u8]| {
-        let text = String::from_utf8_lossy(received).to_string();
+    read_until(&mut client, &mut received, deadline, |text| {
         text.find("text/event-stream")
             .is_some_and(|at| text[at..].contains("\r\n\r\n"))
-    };
-    while !head_end(&received) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "{}", String::from_utf8_lossy(&received));
-        client.set_read_timeout(Some(left)).unwrap();
-        match client.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => received.extend_from_slice(&chunk[..n]),
-        }
-    }
+    });
     let id = publish(server.addr, "behind", "after the answer");
-    while !String::from_utf8_lossy(&received).contains("data: after the answer") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "{}", String::from_utf8_lossy(&received));
-        client.set_read_timeout(Some(left)).unwrap();
-        match client.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => received.extend_from_slice(&chunk[..n]),
-        }
-    }
+    read_until(&mut client, &mut received, deadline, |text| {
+        text.contains("data: after the answer")
+    });
     let text = String::from_utf8_lossy(&received);
     let health = text.find("\"open_streams\"");
     let stream_head = text.find("text/event-stream");
