@@ -39,6 +39,17 @@ pub fn ambiguity(headers: &[Header]) -> Option<String> {
             "Transfer-Encoding '{coding}' is not supported; send the body chunked or with a Content-Length"
         ));
     }
+    // Two headers are one list (`chunked, chunked`): chunked twice, which
+    // tiny_http would decode once.
+    let codings = headers
+        .iter()
+        .filter(|h| h.field.equiv("Transfer-Encoding"))
+        .count();
+    if codings > 1 {
+        return Some(
+            "Transfer-Encoding 'chunked' given more than once; send the body chunked once".to_string(),
+        );
+    }
     let mut lengths = headers
         .iter()
         .filter(|h| h.field.equiv("Content-Length"))
@@ -101,5 +112,9 @@ mod tests {
         assert!(said(&[("Transfer-Encoding", "chunked"), ("Content-Length", "5")]).contains("both"));
         assert!(said(&[("Transfer-Encoding", "gzip, chunked")]).contains("'gzip, chunked' is not supported"));
         assert!(said(&[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "gzip")]).contains("'gzip'"));
+        assert!(
+            said(&[("Transfer-Encoding", "chunked"), ("transfer-encoding", "chunked")])
+                .contains("more than once")
+        );
     }
 }

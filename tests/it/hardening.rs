@@ -1430,6 +1430,8 @@ fn a_request_smuggled_behind_ambiguous_framing_is_not_served_and_the_connection_
         // by the blank line the loop adds) would be published as it came,
         // and the inner request after it served.
         "Transfer-Encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n".to_string(),
+        // Chunked twice, in two headers.
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n".to_string(),
     ];
     for framing in &lengths {
         let mut request =
