@@ -39,7 +39,9 @@ pub struct ApiError {
     status: u16,
     message: String,
     headers: Vec<(&'static str, String)>,
-    /// The server closes the connection after this answer, which says so.
+    /// The connection is done with after this answer: nothing after it is
+    /// read as a request (`Request::stop_reading`), and the answer says
+    /// `Connection: close`.
     closes_connection: bool,
 }
 
@@ -53,7 +55,10 @@ impl ApiError {
         }
     }
 
-    /// The same error, said to close its connection (`Connection: close`).
+    /// The same error, after which its connection is done with: where its
+    /// next request starts is not known (ambiguous framing, a body that
+    /// could not be read to its end, a chunked one among them), or the
+    /// server is stopping.
     fn closing(mut self) -> ApiError {
         self.closes_connection = true;
         self
@@ -196,12 +201,10 @@ fn handle_on_connection(app: &Arc<App>, request: Request) {
 
 /// `503`, the server is stopping, and the connection closes after it.
 fn answer_stopping(request: Request, cors_origin: Option<&str>) {
-    let stopping = ApiError::new(503, "the server is stopping; retry later").with_header("Retry-After", "1");
-    request.stop_reading();
-    note_unsent(keep_alive::respond_closing(
-        request,
-        error_response(&stopping, cors_origin),
-    ));
+    let stopping = ApiError::new(503, "the server is stopping; retry later")
+        .with_header("Retry-After", "1")
+        .closing();
+    respond_error_with(cors_origin, request, stopping);
 }
 
 fn handle(app: &Arc<App>, request: Request) {
@@ -334,20 +337,7 @@ fn framing_error(request: &Request) -> Option<ApiError> {
             .then(|| crate::framing::http10_transfer_coding(request.headers()))
             .flatten()
     })?;
-    Some(end_connection(
-        request,
-        ApiError::new(400, format!("{ambiguity}; the connection is closed")),
-    ))
-}
-
-/// `error`, after which `request`'s connection is done with: where its
-/// next request starts is not known (ambiguous framing, a body that could
-/// not be read to its end, a chunked one among them). Nothing after it is
-/// read as a request (`Request::stop_reading`, as for a stream's head),
-/// and the connection closes once the answer is out.
-fn end_connection(request: &Request, error: ApiError) -> ApiError {
-    request.stop_reading();
-    error.closing()
+    Some(ApiError::new(400, format!("{ambiguity}; the connection is closed")).closing())
 }
 
 /// Starts a thread named `name` with `stack_size` that waits for one value and
@@ -802,7 +792,7 @@ fn publish_request(
     // Framing was checked by `handle` (`framing_error`).
     let declared = request.body_length();
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)
-        .map_err(|e| end_connection(request, ApiError::from(e)))?;
+        .map_err(|e| ApiError::from(e).closing())?;
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);
     let (published, fan_out) = match &app.redis {
@@ -870,6 +860,12 @@ fn respond_json(app: &App, request: Request, status: u16, body: &serde_json::Val
 }
 
 fn respond_error(app: &App, request: Request, error: ApiError) {
+    respond_error_with(app.config.cors_origin.as_deref(), request, error);
+}
+
+/// [`respond_error`] with the CORS origin given (none where the app is
+/// gone).
+fn respond_error_with(cors_origin: Option<&str>, request: Request, error: ApiError) {
     log::debug!(
         "{} {} -> {} {}",
         request.method(),
@@ -877,12 +873,10 @@ fn respond_error(app: &App, request: Request, error: ApiError) {
         error.status,
         error.message
     );
-    let response = error_response(&error, app.config.cors_origin.as_deref());
     if error.closes_connection {
-        note_unsent(keep_alive::respond_closing(request, response));
-    } else {
-        send(request, response);
+        request.stop_reading();
     }
+    send(request, error_response(&error, cors_origin));
 }
 
 fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Cursor<Vec<u8>>> {
