@@ -332,11 +332,7 @@ fn requested_channels(query: &str) -> Vec<String> {
 /// which its connection is closed.
 fn framing_error(request: &Request) -> Option<ApiError> {
     let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
-    let ambiguity = crate::framing::ambiguity(request.headers()).or_else(|| {
-        http10
-            .then(|| crate::framing::http10_transfer_coding(request.headers()))
-            .flatten()
-    })?;
+    let ambiguity = crate::framing::ambiguity(request.headers(), http10)?;
     Some(ApiError::new(400, format!("{ambiguity}; the connection is closed")).closing())
 }
 
