@@ -235,7 +235,7 @@ fn handle(app: &Arc<App>, request: Request) {
     let url = origin_form(request.url());
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let path = decode_unreserved(path);
-    let path = path.as_str();
+    let path = &*path;
     match route(request.method(), path, app.config.cors_origin.is_some()) {
         Route::Stream { demo } => open_stream(app, request, query, demo),
         Route::Plain(Plain::StreamHead) => open_stream_head(app, request, path, query),
@@ -247,7 +247,10 @@ fn handle(app: &Arc<App>, request: Request) {
 /// . _ ~`) decoded, which RFC 3986 (6.2.2.2) makes the same path:
 /// `/%68ealth` is `/health`. Other escapes (`%2F` among them) stay as
 /// sent.
-fn decode_unreserved(path: &str) -> String {
+fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return path.into();
+    }
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut at = 0;
@@ -270,7 +273,7 @@ fn decode_unreserved(path: &str) -> String {
             }
         }
     }
-    decoded
+    decoded.into()
 }
 
 /// A request target as a path and query: the absolute form
