@@ -662,3 +662,45 @@ fn a_password_and_a_database_in_the_url_are_used() {
     assert_eq!(get(b.addr, "/health").status, 200);
     assert!(!b.logs().contains("not-the-password"), "{}", b.logs());
 }
+
+#[test]
+fn at_most_64_publishes_wait_on_a_hung_redis_and_the_rest_are_refused_at_once() {
+    let Some(redis) = RedisServer::start_or_skip(
+        "at_most_64_publishes_wait_on_a_hung_redis_and_the_rest_are_refused_at_once",
+    ) else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    redis.signal("STOP");
+    // 80 publishes at once: each waits for Redis (up to its command
+    // timeout) unless 64 are waiting already.
+    let addr = a.addr;
+    let publishers: Vec<_> = (0..80)
+        .map(|i| std::thread::spawn(move || try_publish(addr, "cap", &format!("p{i}"))))
+        .collect();
+    let answers: Vec<HttpResponse> = publishers
+        .into_iter()
+        .map(|p| p.join().expect("a publisher thread"))
+        .collect();
+    redis.signal("CONT");
+    assert!(
+        answers.iter().all(|r| r.status == 503),
+        "{:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let refused = answers
+        .iter()
+        .filter(|r| r.body.contains("64 requests are waiting for it already"))
+        .count();
+    // (Any that came after the first wait ended find the node
+    // disconnected: neither count.)
+    let waited = answers
+        .iter()
+        .filter(|r| r.body.contains("did not answer within"))
+        .count();
+    assert!(
+        refused >= 1 && waited <= 64,
+        "{refused} of 80 refused for the cap, {waited} waited; bodies: {:?}",
+        answers.iter().map(|r| r.body.as_str()).collect::<Vec<_>>()
+    );
+}
