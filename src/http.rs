@@ -849,13 +849,25 @@ pub(crate) fn header(name: &str, value: &str) -> Header {
 }
 
 fn respond_json(app: &App, request: Request, status: u16, body: &serde_json::Value) {
+    send(
+        request,
+        json_response(status, body, app.config.cors_origin.as_deref()),
+    );
+}
+
+/// A JSON answer, with the CORS header when an origin is configured.
+fn json_response(
+    status: u16,
+    body: &serde_json::Value,
+    cors_origin: Option<&str>,
+) -> Response<Cursor<Vec<u8>>> {
     let mut response = Response::from_string(body.to_string())
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"));
-    if let Some(origin) = &app.config.cors_origin {
+    if let Some(origin) = cors_origin {
         response.add_header(header("Access-Control-Allow-Origin", origin));
     }
-    send(request, response);
+    response
 }
 
 fn respond_error(app: &App, request: Request, error: ApiError) {
@@ -879,15 +891,9 @@ fn respond_error_with(cors_origin: Option<&str>, request: Request, error: ApiErr
 }
 
 fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Cursor<Vec<u8>>> {
-    let body = json!({ "error": error.message });
-    let mut response = Response::from_string(body.to_string())
-        .with_status_code(error.status)
-        .with_header(header("Content-Type", "application/json"));
+    let mut response = json_response(error.status, &json!({ "error": error.message }), cors_origin);
     for (name, value) in &error.headers {
         response.add_header(header(name, value));
-    }
-    if let Some(origin) = cors_origin {
-        response.add_header(header("Access-Control-Allow-Origin", origin));
     }
     response
 }
