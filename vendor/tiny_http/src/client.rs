@@ -320,14 +320,7 @@ impl Iterator for ClientConnection {
         // behind is not read as requests, only drained (the reading side is
         // shut down, so this ends with what is queued)
         if self.reading_stopped.load(Ordering::Acquire) {
-            let mut sink = [0u8; 512];
-            let mut drained = 0;
-            while drained < DRAIN_BYTES {
-                match self.next_header_source.read(&mut sink) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
+            crate::util::drain(&mut self.next_header_source, DRAIN_BYTES, None);
             return None;
         }
 

@@ -706,20 +706,8 @@ impl Request {
         let Some(reader) = self.data_reader.as_mut() else {
             return;
         };
-        let started = std::time::Instant::now();
-        let mut sink = [0u8; 1024];
-        let mut drained = 0;
-        let ended = loop {
-            if drained > CHUNKED_DRAIN_BYTES || started.elapsed() > CHUNKED_DRAIN_TIME {
-                break false;
-            }
-            match reader.read(&mut sink) {
-                Ok(0) => break true,
-                Ok(n) => drained += n,
-                Err(_) => break false,
-            }
-        };
-        if !ended {
+        let deadline = std::time::Instant::now() + CHUNKED_DRAIN_TIME;
+        if !crate::util::drain(reader, CHUNKED_DRAIN_BYTES, Some(deadline)) {
             #[cfg(unix)]
             self.stop_reading();
             #[cfg(not(unix))]

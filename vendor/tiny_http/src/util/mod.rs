@@ -7,7 +7,9 @@ pub use self::sequential::{SequentialReader, SequentialReaderBuilder};
 pub use self::sequential::SequentialWriterBuilder;
 pub use self::task_pool::TaskPool;
 
+use std::io::Read;
 use std::str::FromStr;
+use std::time::Instant;
 
 mod custom_stream;
 mod equal_reader;
@@ -16,6 +18,23 @@ mod messages_queue;
 pub(crate) mod refined_tcp_stream;
 mod sequential;
 mod task_pool;
+
+/// tinysse: reads and drops what `reader` gives, until it ends (`true`),
+/// fails, passes `max_bytes` or reaches `deadline` (`false`).
+pub(crate) fn drain<R: Read>(reader: &mut R, max_bytes: usize, deadline: Option<Instant>) -> bool {
+    let mut sink = [0u8; 1024];
+    let mut drained = 0;
+    loop {
+        if drained >= max_bytes || deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        match reader.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(n) => drained += n,
+            Err(_) => return false,
+        }
+    }
+}
 
 /// Parses a the value of a header.
 /// Suitable for `Accept-*`, `TE`, etc.
