@@ -699,9 +699,21 @@ fn a_stream_that_gets_no_descriptor_of_its_own_is_answered_503() {
     rlimit::prlimit(pid, rlimit::Resource::NOFILE, None, Some((&mut soft, &mut hard))).unwrap();
     // Room for the accepted connection and tiny_http's second descriptor,
     // not a third. The server's own keep-awake connects may take one
-    // meanwhile (or free one): a few tries.
-    let refused = (0..10).find_map(|_| {
-        let tight = server.fds() as u64 + 2;
+    // meanwhile (or free one; on a loaded machine its unanswered probes
+    // open more): tries, each when the count held still for 50 ms.
+    let mut tries = Vec::new();
+    let refused = (0..40).find_map(|_| {
+        let mut last = server.fds();
+        let mut still_since = Instant::now();
+        wait_until(LONG, || {
+            let now = server.fds();
+            if now != last {
+                last = now;
+                still_since = Instant::now();
+            }
+            still_since.elapsed() >= Duration::from_millis(50)
+        });
+        let tight = last as u64 + 2;
         rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((tight, hard)), None).unwrap();
         let mut client = TcpStream::connect(server.addr).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -716,9 +728,11 @@ fn a_stream_that_gets_no_descriptor_of_its_own_is_answered_503() {
             assert!(wait_until(LONG, || answers_health(&server)), "{}", server.logs());
         }
         let peer = client.local_addr().unwrap();
+        tries.push(answer.lines().next().unwrap_or("(nothing)").to_string());
         answer.starts_with("HTTP/1.1 503").then_some((answer, peer))
     });
-    let (refused, peer) = refused.unwrap_or_else(|| panic!("never refused:\n{}", server.logs()));
+    let (refused, peer) =
+        refused.unwrap_or_else(|| panic!("never refused ({tries:?}):\n{}", server.logs()));
     assert!(refused.contains("Retry-After"), "{refused}");
     let warned = wait_until(LONG, || {
         server.logs().contains("cannot take a stream's connection over")
