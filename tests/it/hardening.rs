@@ -731,8 +731,7 @@ fn a_stream_that_gets_no_descriptor_of_its_own_is_answered_503() {
         tries.push(answer.lines().next().unwrap_or("(nothing)").to_string());
         answer.starts_with("HTTP/1.1 503").then_some((answer, peer))
     });
-    let (refused, peer) =
-        refused.unwrap_or_else(|| panic!("never refused ({tries:?}):\n{}", server.logs()));
+    let (refused, peer) = refused.unwrap_or_else(|| panic!("never refused ({tries:?}):\n{}", server.logs()));
     assert!(refused.contains("Retry-After"), "{refused}");
     let warned = wait_until(LONG, || {
         server.logs().contains("cannot take a stream's connection over")
@@ -1680,4 +1679,54 @@ fn http_1_0_with_a_transfer_coding_gets_400_and_its_connection_closes() {
     let closing = String::from_utf8_lossy(&closing);
     assert!(closing.starts_with("HTTP/1.1 200"), "{closing}");
     assert!(closing.contains("\r\nConnection: close\r\n"), "{closing}");
+}
+
+#[test]
+fn chunked_bodies_with_trailers_are_published_and_odd_chunk_sizes_refused() {
+    // RFC 9112, 7.1: a chunked body may end with trailer fields, which a
+    // recipient may drop; tiny_http's decoder refused them (400). A chunk
+    // size is hex digits only: `+5` or ` 5` was read as 5, where a peer in
+    // front may read the body otherwise.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let mut client = SseClient::connect(server.addr, "/events?channel=tr", &[]);
+    let behind = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let publish = |body: &str| {
+        let request = format!(
+            "POST /publish?channel=tr HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}{behind}"
+        );
+        String::from_utf8_lossy(&answer_to(server.addr, request.as_bytes())).to_string()
+    };
+    let statuses = |answers: &str| -> Vec<String> {
+        answers
+            .match_indices("HTTP/1.1 ")
+            .map(|(at, _)| answers[at + 9..at + 12].to_string())
+            .collect()
+    };
+    // Trailers (and an extension): published, and the connection goes on.
+    let answers = publish("5;ext=1\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Other:1\r\n\r\n");
+    assert_eq!(statuses(&answers), ["200", "200"], "{answers}");
+    let event = client.next_event(LONG).expect("the event");
+    assert_eq!(event.data, "hello");
+    // The same on a path whose handler does not read the body.
+    let request = format!(
+        "POST /nope HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: 1\r\n\r\n{behind}"
+    );
+    let answers = String::from_utf8_lossy(&answer_to(server.addr, request.as_bytes())).to_string();
+    assert_eq!(statuses(&answers), ["404", "200"], "{answers}");
+    // Refused, and the connection closes: nothing behind is served.
+    for body in [
+        "+5\r\nhello\r\n0\r\n\r\n",
+        " 5\r\nhello\r\n0\r\n\r\n",
+        "5\nhello\r\n0\r\n\r\n",
+        "5\r\nhello\r\n0\r\nnot a field\r\n\r\n",
+    ] {
+        let answers = publish(body);
+        assert_eq!(statuses(&answers), ["400"], "{body:?}: {answers}");
+        assert!(answers.contains("malformed chunked body"), "{body:?}: {answers}");
+        assert!(
+            answers.contains("\r\nConnection: close\r\n"),
+            "{body:?}: {answers}"
+        );
+    }
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 1.0);
 }

@@ -1,3 +1,4 @@
+pub use self::chunked_decoder::ChunkedDecoder;
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
 pub use self::fused_reader::FusedReader;
@@ -11,6 +12,7 @@ use std::io::Read;
 use std::str::FromStr;
 use std::time::Instant;
 
+mod chunked_decoder;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
