@@ -390,16 +390,21 @@ impl Drop for Server {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_stopped_server_is_not_kept_alive_by_its_open_connections() {
-        use std::io::{Read, Write};
+    /// A server on a free loopback port, without the demo ticker.
+    fn start_on_a_free_port() -> Server {
         let config = Config {
             port: 0,
             tick_interval: None,
             max_connections: 100,
             ..Config::default()
         };
-        let server = Server::start(config).expect("start");
+        Server::start(config).expect("start")
+    }
+
+    #[test]
+    fn a_stopped_server_is_not_kept_alive_by_its_open_connections() {
+        use std::io::{Read, Write};
+        let server = start_on_a_free_port();
         // A kept-alive connection, idle: its thread waits 5 s for a next
         // request.
         let mut connection = std::net::TcpStream::connect(server.local_addr()).expect("connect");
@@ -436,13 +441,7 @@ mod tests {
     #[test]
     fn a_request_arriving_while_stopping_gets_503_and_closes_while_one_in_progress_is_served() {
         use std::io::{Read, Write};
-        let config = Config {
-            port: 0,
-            tick_interval: None,
-            max_connections: 100,
-            ..Config::default()
-        };
-        let server = Server::start(config).expect("start");
+        let server = start_on_a_free_port();
         let app = Arc::clone(server.app());
         let connect = || {
             let connection = std::net::TcpStream::connect(server.local_addr()).expect("connect");
