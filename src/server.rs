@@ -354,6 +354,12 @@ impl Server {
         while self.app.requests_in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < requests_deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+        let unfinished = self.app.requests_in_flight.load(Ordering::SeqCst);
+        if unfinished > 0 {
+            log::warn!(
+                "stopping without waiting longer for {unfinished} requests in progress (a body still arriving, say): what they publish from now on is refused"
+            );
+        }
         let streams = self.app.stats.open_streams();
         drop(
             self.app
@@ -364,6 +370,12 @@ impl Server {
         );
         self.app.broker.close();
         while self.app.stats.open_streams() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Requests still in progress get their answer (a publish: 503, the
+        // broker is closed) before the process may exit, as far as the
+        // deadline allows.
+        while self.app.requests_in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         self.head_guard.take();

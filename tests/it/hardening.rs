@@ -1730,3 +1730,41 @@ fn chunked_bodies_with_trailers_are_published_and_odd_chunk_sizes_refused() {
     }
     assert_eq!(metric(server.addr, "tinysse_events_published_total"), 1.0);
 }
+
+#[test]
+fn a_publish_whose_body_outlasts_the_stop_is_answered_503_before_the_exit() {
+    // SIGTERM waits a while for requests in progress; one whose body is
+    // still coming after that was cut off unanswered when the process
+    // exited. Now it is refused (the broker is closed) and answered.
+    let mut server = TestServer::start(&["--tick-interval", "0"]);
+    let mut publishing = TcpStream::connect(server.addr).unwrap();
+    publishing.set_read_timeout(Some(LONG)).unwrap();
+    // `100 Continue` comes when the handler starts reading the body: the
+    // publish is then in progress.
+    let head = "POST /publish?channel=late HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n";
+    publishing.write_all(head.as_bytes()).unwrap();
+    let mut interim = Vec::new();
+    read_until(&mut publishing, &mut interim, Instant::now() + LONG, |got| {
+        got.contains("\r\n\r\n")
+    });
+    let interim = String::from_utf8_lossy(&interim);
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    publishing.set_read_timeout(Some(LONG)).unwrap();
+    publishing.write_all(&[b'a'; 1500]).unwrap();
+    server.signal("TERM");
+    let gave_up = wait_until(LONG, || {
+        server
+            .logs()
+            .contains("stopping without waiting longer for 1 requests")
+    });
+    assert!(gave_up, "{}", server.logs());
+    publishing.write_all(&[b'a'; 500]).unwrap();
+    let mut answer = Vec::new();
+    let _ = publishing.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}\n{}", server.logs());
+    assert!(answer.contains("the event was not stored"), "{answer}");
+    assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
+    let status = server.wait_exit(LONG);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
