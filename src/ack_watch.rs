@@ -88,13 +88,23 @@ impl AckWatch {
         AckWatch::new(None, None, Duration::MAX)
     }
 
+    /// Looks the connection up in the kernel, once: the stream calls it
+    /// when its head is written. Put off until the first ping, the look-up
+    /// missed a client that had closed before it: the ping drew a reset,
+    /// the kernel forgot the connection, the watch took it for one it
+    /// cannot find and went without checks, and the stream lived on to the
+    /// second ping's failed write.
+    pub fn confirm(&mut self) {
+        if let Connection::Unconfirmed { local, peer } = self.connection {
+            self.connection = confirm(local, peer);
+        }
+    }
+
     /// Notes that a ping was written at `now`, `written` bytes in all so
     /// far: they must all be acknowledged a write timeout later. Up to
     /// [`MAX_PENDING`] pings wait for their checks.
     pub fn pinged(&mut self, now: Instant, written: u64) {
-        if let Connection::Unconfirmed { local, peer } = self.connection {
-            self.connection = confirm(local, peer);
-        }
+        self.confirm();
         if self.connection == Connection::Off {
             return;
         }

@@ -265,6 +265,7 @@ impl Stream {
             }
             self.send(&head)?;
         }
+        ack.confirm();
 
         let mut pending: Vec<Arc<Event>> = Vec::new();
         match source {

@@ -297,6 +297,47 @@ fn threads_and_descriptors_are_released_after_clients_leave() {
 }
 
 #[test]
+fn a_client_that_closes_on_an_idle_channel_is_found_out_after_the_first_ping() {
+    // No events, only pings. The first ping after the client closed still
+    // goes out (its reply is a reset); the acknowledgement check a write
+    // timeout later finds the connection gone. The check used to look the
+    // connection up only at that first ping, when the reset had already
+    // made the kernel forget it: the stream went unchecked, and lived on
+    // to the second ping's failed write (30 s by default, not 25).
+    let server = TestServer::start(&[
+        "--tick-interval",
+        "0",
+        "--ping-interval",
+        "1s",
+        "--write-timeout",
+        "300ms",
+    ]);
+    let mut client = SseClient::connect(server.addr, "/events?channel=quiet", &[]);
+    assert_eq!(client.status(), 200, "{}", client.head);
+    assert!(wait_until(10 * SECOND, || open_streams(server.addr) == 1));
+    drop(client);
+    assert!(
+        wait_until(10 * SECOND, || open_streams(server.addr) == 0),
+        "{}",
+        server.logs()
+    );
+    // Found out by the check, not by a failed write.
+    assert!(
+        wait_until(5 * SECOND, || server
+            .logs()
+            .contains("the kernel let go of the connection")),
+        "{}",
+        server.logs()
+    );
+    let logs = server.logs();
+    let closed = logs
+        .lines()
+        .find(|line| line.contains("stream closed") && line.contains("channels=quiet"))
+        .unwrap_or_else(|| panic!("no close line:\n{logs}"));
+    assert!(closed.contains("reason=client_left"), "{closed}");
+}
+
+#[test]
 fn accepts_connections_after_being_idle() {
     // Accepted sockets inherit a short read timeout (2 s) from the listener,
     // and so does accept(): the server must still accept after a quiet spell.
