@@ -312,7 +312,7 @@ fn a_client_that_closes_on_an_idle_channel_is_found_out_after_the_first_ping() {
         "--write-timeout",
         "300ms",
     ]);
-    let mut client = SseClient::connect(server.addr, "/events?channel=quiet", &[]);
+    let client = SseClient::connect(server.addr, "/events?channel=quiet", &[]);
     assert_eq!(client.status(), 200, "{}", client.head);
     assert!(wait_until(10 * SECOND, || open_streams(server.addr) == 1));
     drop(client);
