@@ -319,7 +319,12 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
         "max-channels" => config.max_channels = parse_count(value, 1)?,
         "write-timeout" => config.write_timeout = positive_duration(value)?,
         "max-body" => config.max_body = parse_size(value)?,
-        "publish-token" => config.publish_token = non_empty(value),
+        // Empty is refused, not taken for "no token": an unset variable in
+        // an environment file would otherwise turn the check off unseen.
+        "publish-token" if value.is_empty() => {
+            return Err("an empty token: give one, or leave the option out to publish without".into())
+        }
+        "publish-token" => config.publish_token = Some(value.to_string()),
         "cors-origin" => config.cors_origin = parse_origin(value)?,
         "retry" => config.retry = Some(value.parse().map_err(|_| "expected milliseconds, such as 3000")?),
         "log" => {
@@ -336,10 +341,6 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
         _ => unreachable!("every option in OPTIONS is applied"),
     }
     Ok(())
-}
-
-fn non_empty(value: &str) -> Option<String> {
-    (!value.is_empty()).then(|| value.to_string())
 }
 
 /// `*` or one browser origin, `scheme://host[:port]`, as browsers send it in
