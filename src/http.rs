@@ -124,6 +124,9 @@ enum Plain {
     StreamHead,
     Publish,
     PublishPreflight,
+    /// `OPTIONS /` or `/events` with `--cors-origin`: the preflight of a
+    /// fetch-based SSE client that sends its own headers.
+    StreamPreflight,
     /// `OPTIONS *`: what the server as a whole allows (RFC 9110, 9.3.7).
     ServerOptions,
     Health,
@@ -141,6 +144,8 @@ fn route(method: &Method, path: &str, cors: bool) -> Route {
         "/" if *method == Method::Get => return Route::Stream { demo: true },
         "/events" if *method == Method::Get => return Route::Stream { demo: false },
         "/" | "/events" if *method == Method::Head => Plain::StreamHead,
+        "/" | "/events" if *method == Method::Options && cors => Plain::StreamPreflight,
+        "/" | "/events" if cors => Plain::WrongMethod("GET, HEAD, OPTIONS"),
         "/" | "/events" => Plain::WrongMethod("GET, HEAD"),
         "/publish" if *method == Method::Post => Plain::Publish,
         "/publish" if *method == Method::Options => Plain::PublishPreflight,
@@ -367,23 +372,31 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
     match plain {
         Plain::Publish => handle_publish(app, request, query),
         Plain::PublishPreflight => match &app.config.cors_origin {
-            Some(origin) => {
-                let response = Response::empty(204)
-                    .with_header(header("Access-Control-Allow-Origin", origin))
-                    .with_header(header("Access-Control-Allow-Methods", "POST, OPTIONS"))
-                    .with_header(header(
-                        "Access-Control-Allow-Headers",
-                        "Authorization, Content-Type",
-                    ))
-                    .with_header(header("Access-Control-Max-Age", "86400"));
-                send(request, response);
-            }
+            Some(origin) => send(
+                request,
+                preflight(origin, "POST, OPTIONS", "Authorization, Content-Type"),
+            ),
             None => respond_error(
                 app,
                 request,
                 ApiError::new(405, "CORS is off (start with --cors-origin); use POST /publish")
                     .with_header("Allow", "POST"),
             ),
+        },
+        // Routed only with `--cors-origin`. `Last-Event-ID` is the header a
+        // reconnecting client sends; the others are what fetch-based
+        // clients add (a token for a proxy in front, say).
+        Plain::StreamPreflight => match &app.config.cors_origin {
+            Some(origin) => send(
+                request,
+                preflight(
+                    origin,
+                    "GET, HEAD, OPTIONS",
+                    "Last-Event-ID, Cache-Control, Accept, Authorization",
+                ),
+            ),
+            // (Not routed here without it; answered as `route` would.)
+            None => serve_plain(app, request, Plain::WrongMethod("GET, HEAD"), path, query),
         },
         Plain::ServerOptions => {
             let allow = if app.config.cors_origin.is_some() {
@@ -898,6 +911,16 @@ fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Curso
     response
 }
 
+/// A CORS preflight's `204`: `origin` may use `methods` with `headers`,
+/// and may cache that for a day.
+fn preflight(origin: &str, methods: &str, headers: &str) -> Response<std::io::Empty> {
+    Response::empty(204)
+        .with_header(header("Access-Control-Allow-Origin", origin))
+        .with_header(header("Access-Control-Allow-Methods", methods))
+        .with_header(header("Access-Control-Allow-Headers", headers))
+        .with_header(header("Access-Control-Max-Age", "86400"))
+}
+
 fn send<R: Read>(request: Request, response: Response<R>) {
     // A connection that closes after the answer says so (RFC 9112, 9.6),
     // also when an HTTP/1.1 client asked for it (for HTTP/1.0 closing is
@@ -953,6 +976,18 @@ mod tests {
         assert_eq!(route(&Method::Get, "/", true), Route::Stream { demo: true });
         assert_eq!(
             route(&Method::Post, "/", true),
+            plain(Plain::WrongMethod("GET, HEAD, OPTIONS"))
+        );
+        assert_eq!(
+            route(&Method::Post, "/", false),
+            plain(Plain::WrongMethod("GET, HEAD"))
+        );
+        assert_eq!(
+            route(&Method::Options, "/events", true),
+            plain(Plain::StreamPreflight)
+        );
+        assert_eq!(
+            route(&Method::Options, "/events", false),
             plain(Plain::WrongMethod("GET, HEAD"))
         );
         assert_eq!(route(&Method::Head, "/events", true), plain(Plain::StreamHead));

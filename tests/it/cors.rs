@@ -166,6 +166,62 @@ fn preflight_allows_post_with_authorization_and_content_type() {
 }
 
 #[test]
+fn streams_answer_a_preflight_for_fetch_based_clients() {
+    // A fetch-based SSE client (not the browser's EventSource) that sends
+    // a header of its own, `Last-Event-ID` on a reconnect say, makes the
+    // browser ask first; a 405 there stopped the stream.
+    let server = TestServer::start(&["--cors-origin", ORIGIN]);
+    let addr = server.addr;
+    for path in ["/events?channel=news", "/"] {
+        let answer = http(
+            addr,
+            "OPTIONS",
+            path,
+            &[
+                ("Origin", ORIGIN),
+                ("Access-Control-Request-Method", "GET"),
+                ("Access-Control-Request-Headers", "last-event-id,authorization"),
+            ],
+            b"",
+        );
+        assert_eq!(answer.status, 204, "{path}: {answer:?}");
+        assert_eq!(answer.header("Content-Length"), None, "{}", answer.head);
+        assert_eq!(
+            answer.header("Access-Control-Allow-Origin").as_deref(),
+            Some(ORIGIN),
+            "{}",
+            answer.head
+        );
+        let methods = list(&answer.header("Access-Control-Allow-Methods").unwrap_or_default());
+        assert!(methods.contains(&"get".to_string()), "{}", answer.head);
+        let headers = list(&answer.header("Access-Control-Allow-Headers").unwrap_or_default());
+        for needed in ["last-event-id", "authorization", "cache-control"] {
+            assert!(headers.contains(&needed.to_string()), "{needed}: {}", answer.head);
+        }
+    }
+    // A wrong method there names OPTIONS among the allowed.
+    let wrong = http(addr, "DELETE", "/events", &[], b"");
+    assert_eq!(wrong.status, 405, "{wrong:?}");
+    assert_eq!(
+        wrong.header("Allow").as_deref(),
+        Some("GET, HEAD, OPTIONS"),
+        "{}",
+        wrong.head
+    );
+    // The stream the preflight was for.
+    let stream = SseClient::connect(
+        addr,
+        "/events?channel=news",
+        &[("Origin", ORIGIN), ("Last-Event-ID", "0")],
+    );
+    assert_eq!(stream.status(), 200, "{}", stream.head);
+    assert_eq!(
+        stream.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN)
+    );
+}
+
+#[test]
 fn any_origin_with_a_star() {
     let server = TestServer::start(&["--cors-origin", "*"]);
     let addr = server.addr;
@@ -224,6 +280,22 @@ fn no_cors_headers_without_the_option() {
             response.head
         );
     }
+
+    // No stream preflight: 405, allowing what it always did.
+    let options = http(addr, "OPTIONS", "/events", &origin, b"");
+    assert_eq!(options.status, 405, "{options:?}");
+    assert_eq!(
+        options.header("Allow").as_deref(),
+        Some("GET, HEAD"),
+        "{}",
+        options.head
+    );
+    assert_eq!(
+        cors_headers(&options.head),
+        Vec::<String>::new(),
+        "{}",
+        options.head
+    );
 
     // No preflight either: the browser then refuses the cross-origin publish.
     let answer = preflight(addr, "content-type");
