@@ -182,7 +182,7 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
     let text = String::from_utf8(body).map_err(|_| PublishError::NotUtf8)?;
     let data = if json {
         // One pass over the body: each member kept as its own text.
-        let mut object: HashMap<String, Box<RawValue>> = serde_json::from_str(&text).map_err(|e| {
+        let Members(members) = serde_json::from_str(&text).map_err(|e| {
             if e.classify() == Category::Data {
                 // Valid JSON, but not an object.
                 PublishError::NotAnObject
@@ -190,6 +190,15 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
                 PublishError::BadJson(e.to_string())
             }
         })?;
+        let mut object = HashMap::with_capacity(members.len());
+        for (name, value) in members {
+            if let Some(field) = ["channel", "event", "data"].into_iter().find(|f| *f == name) {
+                if object.contains_key(field) {
+                    return Err(PublishError::Repeated(field));
+                }
+            }
+            object.insert(name, value);
+        }
         if let Some(v) = object.remove("channel") {
             channel = Some(string_member(&v, "channel")?);
         }
@@ -214,6 +223,29 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
         event: event.filter(|e| !e.is_empty()),
         data,
     })
+}
+
+/// A JSON object's members in the order written, repeated names kept.
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Members, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// `json` (valid JSON) without whitespace outside strings: a non-string
@@ -294,6 +326,24 @@ mod tests {
             error.to_string(),
             "'channel' given more than once: a publish goes to one channel, with one event name"
         );
+        // In the JSON form too (a map kept the last); other members may
+        // repeat, as they are not read.
+        let json = |body: &str| super::parse("", true, body.as_bytes().to_vec());
+        for (body, field) in [
+            (r#"{"channel": "a", "data": "x", "channel": "b"}"#, "channel"),
+            (r#"{"event": "a", "data": "x", "event": "b"}"#, "event"),
+            (r#"{"data": "x", "data": "y"}"#, "data"),
+        ] {
+            let error = json(body).unwrap_err();
+            assert!(
+                matches!(error, super::PublishError::Repeated(f) if f == field),
+                "{body}: {error}"
+            );
+        }
+        let fine =
+            json(r#"{"x": 1, "data": "d", "x": 2, "channel": "c"}"#).expect("other members may repeat");
+        assert_eq!((fine.channel.as_str(), fine.data.as_str()), ("c", "d"));
+        assert!(matches!(json("[1]"), Err(super::PublishError::NotAnObject)));
     }
 
     #[test]

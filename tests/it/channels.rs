@@ -584,6 +584,16 @@ fn bad_publishes_and_subscriptions_get_400_saying_what_is_wrong() {
             "more than once",
         ),
         (
+            "two channels in one JSON publish",
+            json(r#"{"channel": "c", "data": "x", "channel": "d"}"#),
+            "'channel' given more than once",
+        ),
+        (
+            "two data members in one JSON publish",
+            json(r#"{"data": "x", "channel": "c", "data": "y"}"#),
+            "'data' given more than once",
+        ),
+        (
             "two Content-Lengths that disagree",
             http(
                 addr,
