@@ -265,7 +265,6 @@ impl Stream {
             }
             self.send(&head)?;
         }
-        ack.confirm();
 
         let mut pending: Vec<Arc<Event>> = Vec::new();
         match source {
@@ -346,6 +345,9 @@ impl Stream {
     }
 
     fn send_ping(&mut self, ack: &mut AckWatch) -> io::Result<()> {
+        // Before the write: a client that closed is still known to the
+        // kernel until this ping draws its reset.
+        ack.confirm();
         self.send(&event::encode_comment(
             &ping_text(time::OffsetDateTime::now_utc()),
         ))?;
