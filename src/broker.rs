@@ -89,7 +89,7 @@ impl fmt::Display for BrokerError {
             BrokerError::InvalidChannel(name) => write!(
                 f,
                 "invalid channel name '{}': use 1 to {MAX_CHANNEL_NAME} bytes of A-Z a-z 0-9 . _ : / -",
-                name.escape_default()
+                name.escape_debug()
             ),
             BrokerError::InvalidField(e) => e.fmt(f),
             BrokerError::TooManyChannelsPerStream(n) => write!(
@@ -1182,6 +1182,19 @@ mod tests {
         for bad in ["", "sp ace", "é", "a\nb", "a?b", &"x".repeat(129)] {
             assert!(validate_channel(bad).is_err(), "{bad:?}");
         }
+        // The name as given, control characters escaped (not every
+        // character outside ASCII, as `\u{e9}`).
+        let said = |name: &str| validate_channel(name).unwrap_err().to_string();
+        assert!(
+            said("café").starts_with("invalid channel name 'café':"),
+            "{}",
+            said("café")
+        );
+        assert!(
+            said("a\nb").starts_with("invalid channel name 'a\\nb':"),
+            "{}",
+            said("a\nb")
+        );
         let b = broker(10, 4, 10);
         assert!(matches!(
             b.publish("bad name", None, "x"),
