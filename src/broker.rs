@@ -483,6 +483,11 @@ impl Broker {
         }
     }
 
+    /// True once [`Broker::close`] was called: publishes are refused.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// The channels held now, taken out of the registry's lock, so that
     /// what is done with each does not hold up publishers.
     fn channels_now(&self) -> Vec<Arc<Channel>> {

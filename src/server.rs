@@ -357,7 +357,7 @@ impl Server {
         let unfinished = self.app.requests_in_flight.load(Ordering::SeqCst);
         if unfinished > 0 {
             log::warn!(
-                "stopping without waiting longer for {unfinished} requests in progress (a body still arriving, say): what they publish from now on is refused"
+                "{unfinished} requests still in progress (a body still arriving, say): what they publish from now on is refused; their answers are waited for until the stop's deadline"
             );
         }
         let streams = self.app.stats.open_streams();

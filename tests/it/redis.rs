@@ -704,3 +704,48 @@ fn at_most_64_publishes_wait_on_a_hung_redis_and_the_rest_are_refused_at_once() 
         answers.iter().map(|r| r.body.as_str()).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_publish_finishing_after_the_stop_closed_the_broker_is_refused_through_redis_too() {
+    let Some(redis) = RedisServer::start_or_skip(
+        "a_publish_finishing_after_the_stop_closed_the_broker_is_refused_through_redis_too",
+    ) else {
+        return;
+    };
+    let mut a = node(&redis, &[]);
+    let mut client = SseClient::connect(a.addr, "/events?channel=late", &[]);
+    assert_eq!(client.status(), 200, "{}", client.head);
+    let mut publishing = TcpStream::connect(a.addr).unwrap();
+    publishing
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // `100 Continue` once the handler reads the body: in progress.
+    let head = "POST /publish?channel=late HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n";
+    publishing.write_all(head.as_bytes()).unwrap();
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        assert_eq!(publishing.read(&mut byte).unwrap(), 1, "{interim:?}");
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
+    publishing.write_all(&[b'a'; 1500]).unwrap();
+    a.signal("TERM");
+    assert!(
+        wait_until(Duration::from_secs(10), || a
+            .logs()
+            .contains("requests still in progress")),
+        "{}",
+        a.logs()
+    );
+    // The streams are ending: what comes now may not be answered 200.
+    publishing.write_all(&[b'a'; 500]).unwrap();
+    let mut answer = Vec::new();
+    let _ = publishing.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}\n{}", a.logs());
+    assert!(answer.contains("the event was not stored"), "{answer}");
+    assert!(a.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    // The stream got no event it was not sent.
+    assert!(client.buffered_events().is_empty());
+}
