@@ -88,7 +88,7 @@ impl fmt::Display for PublishError {
             PublishError::Io(e) => write!(f, "reading the body failed: {e}"),
             PublishError::Repeated(field) => write!(
                 f,
-                "'{field}' given more than once: a publish goes to one channel, with one event name"
+                "'{field}' given more than once: a publish is one event, with one channel, one event name and one data"
             ),
             PublishError::QueryNotUtf8(field) => {
                 write!(f, "query parameter '{field}' is not valid UTF-8 once percent-decoded")
@@ -324,7 +324,7 @@ mod tests {
         );
         assert_eq!(
             error.to_string(),
-            "'channel' given more than once: a publish goes to one channel, with one event name"
+            "'channel' given more than once: a publish is one event, with one channel, one event name and one data"
         );
         // In the JSON form too (a map kept the last); other members may
         // repeat, as they are not read.

