@@ -37,6 +37,34 @@ fn preflight(addr: SocketAddr, request_headers: &str) -> HttpResponse {
     )
 }
 
+/// Asserts that `answer` is a preflight's `204` for [`ORIGIN`] that allows
+/// `method` with each of `headers` (lowercase).
+fn assert_preflight_allows(answer: &HttpResponse, method: &str, headers: &[&str]) {
+    assert_eq!(answer.status, 204, "{answer:?}");
+    assert_eq!(answer.body, "", "{answer:?}");
+    // RFC 9110 (8.6): a 204 carries no Content-Length.
+    assert_eq!(answer.header("Content-Length"), None, "{answer:?}");
+    assert_eq!(
+        answer.header("Access-Control-Allow-Origin").as_deref(),
+        Some(ORIGIN),
+        "{}",
+        answer.head
+    );
+    let methods = list(&answer.header("Access-Control-Allow-Methods").unwrap_or_default());
+    assert!(methods.contains(&method.to_string()), "{method}: {}", answer.head);
+    let allowed = list(&answer.header("Access-Control-Allow-Headers").unwrap_or_default());
+    for needed in headers {
+        assert!(
+            allowed.contains(&needed.to_string()),
+            "{needed} missing:\n{}",
+            answer.head
+        );
+    }
+    if let Some(max_age) = answer.header("Access-Control-Max-Age") {
+        assert!(max_age.parse::<u64>().is_ok(), "{}", answer.head);
+    }
+}
+
 #[test]
 fn origin_is_allowed_on_streams_and_json_answers() {
     let server = TestServer::start(&["--cors-origin", ORIGIN]);
@@ -102,19 +130,7 @@ fn preflight_allows_post_with_authorization_and_content_type() {
 
     // A preflight never carries credentials: it is answered without the token.
     let answer = preflight(addr, "authorization,content-type");
-    assert_eq!(answer.status, 204, "{answer:?}");
-    assert_eq!(answer.body, "", "{answer:?}");
-    // RFC 9110 (8.6): a 204 carries no Content-Length.
-    assert_eq!(answer.header("Content-Length"), None, "{answer:?}");
-    assert_eq!(
-        answer.header("Access-Control-Allow-Origin").as_deref(),
-        Some(ORIGIN),
-        "{}",
-        answer.head
-    );
-    let methods = list(&answer.header("Access-Control-Allow-Methods").unwrap_or_default());
-    assert!(methods.contains(&"post".to_string()), "{}", answer.head);
-    let headers = list(&answer.header("Access-Control-Allow-Headers").unwrap_or_default());
+    assert_preflight_allows(&answer, "post", &["authorization", "content-type"]);
     // With CORS on, a wrong method on /publish names OPTIONS among the allowed.
     let wrong = http(addr, "GET", "/publish", &[], b"");
     assert_eq!(wrong.status, 405, "{wrong:?}");
@@ -124,16 +140,6 @@ fn preflight_allows_post_with_authorization_and_content_type() {
         "{}",
         wrong.head
     );
-    for needed in ["authorization", "content-type"] {
-        assert!(
-            headers.contains(&needed.to_string()),
-            "{needed} missing:\n{}",
-            answer.head
-        );
-    }
-    if let Some(max_age) = answer.header("Access-Control-Max-Age") {
-        assert!(max_age.parse::<u64>().is_ok(), "{}", answer.head);
-    }
 
     // The request the preflight was for, then one without the token: both
     // answers carry the origin.
@@ -184,20 +190,11 @@ fn streams_answer_a_preflight_for_fetch_based_clients() {
             ],
             b"",
         );
-        assert_eq!(answer.status, 204, "{path}: {answer:?}");
-        assert_eq!(answer.header("Content-Length"), None, "{}", answer.head);
-        assert_eq!(
-            answer.header("Access-Control-Allow-Origin").as_deref(),
-            Some(ORIGIN),
-            "{}",
-            answer.head
+        assert_preflight_allows(
+            &answer,
+            "get",
+            &["last-event-id", "authorization", "cache-control"],
         );
-        let methods = list(&answer.header("Access-Control-Allow-Methods").unwrap_or_default());
-        assert!(methods.contains(&"get".to_string()), "{}", answer.head);
-        let headers = list(&answer.header("Access-Control-Allow-Headers").unwrap_or_default());
-        for needed in ["last-event-id", "authorization", "cache-control"] {
-            assert!(headers.contains(&needed.to_string()), "{needed}: {}", answer.head);
-        }
     }
     // A wrong method there names OPTIONS among the allowed.
     let wrong = http(addr, "DELETE", "/events", &[], b"");
