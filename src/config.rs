@@ -324,6 +324,12 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
         "publish-token" if value.is_empty() => {
             return Err("an empty token: give one, or leave the option out to publish without".into())
         }
+        // The token a publisher presents is trimmed: this one could never match.
+        "publish-token" if value.trim() != value => {
+            return Err(
+                "a token that starts or ends with white space, which no publisher could present".into(),
+            )
+        }
         "publish-token" => config.publish_token = Some(value.to_string()),
         "cors-origin" => config.cors_origin = parse_origin(value)?,
         "retry" => config.retry = Some(value.parse().map_err(|_| "expected milliseconds, such as 3000")?),

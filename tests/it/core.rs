@@ -649,13 +649,19 @@ fn help_lists_every_option_with_its_default() {
 #[test]
 fn bad_option_values_exit_2_with_a_clear_message() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
-    let cases: [Case; 8] = [
+    let cases: [Case; 9] = [
         // An empty token would turn the check off without a word.
         (&["--publish-token", ""], &[], &["--publish-token", "empty"]),
         (
             &[],
             &[("TINYSSE_PUBLISH_TOKEN", "")],
             &["TINYSSE_PUBLISH_TOKEN", "empty"],
+        ),
+        // One no publisher could present: what they send is trimmed.
+        (
+            &["--publish-token", " s3cret"],
+            &[],
+            &["--publish-token", "white space"],
         ),
         (
             &["--ping-interval", "5parsecs"],
