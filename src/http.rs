@@ -99,6 +99,7 @@ impl From<BusError> for ApiError {
     fn from(e: BusError) -> Self {
         let message = match e {
             BusError::Broker(e) => return e.into(),
+            e @ BusError::StoppedAfterStoring => return ApiError::new(503, e.to_string()).closing(),
             e @ BusError::NoAnswer { .. } => {
                 format!("{e}; the event may or may not be stored, retry later (it may then come twice)")
             }
@@ -808,23 +809,10 @@ fn publish_request(
     let event = publish::parse(query, json, body)?;
     crate::fault::panic_if_requested(&event.channel);
     let (published, fan_out) = match &app.redis {
-        Some(bus) => {
-            // Through Redis the closed broker is not asked: refused here
-            // once the stop has closed it (the streams are ending), and
-            // not confirmed if it closed before the event reached it.
-            if app.broker.is_closed() {
-                return Err(BrokerError::Closed.into());
-            }
-            let published = bus.publish(&event.channel, event.event.as_deref(), &event.data)?;
-            if app.broker.is_closed() && app.broker.last_id() < published.id {
-                return Err(ApiError::new(
-                    503,
-                    "the server is stopping: the event was stored in Redis for other servers, but not sent to this server's streams",
-                )
-                .closing());
-            }
-            (published, None)
-        }
+        Some(bus) => (
+            bus.publish(&event.channel, event.event.as_deref(), &event.data)?,
+            None,
+        ),
         None => {
             let (published, fan_out) =
                 app.broker

@@ -150,7 +150,12 @@ pub enum BusError {
         /// How long the answer was waited for.
         waited: Duration,
     },
-    /// The request itself is bad (channel or event name).
+    /// The server stopped while the event was being published: Redis
+    /// stored it (other servers deliver it), but this server's broker had
+    /// closed before the event reached it, so its streams did not get it.
+    StoppedAfterStoring,
+    /// The request itself is bad (channel or event name), or the server is
+    /// stopping ([`BrokerError::Closed`]: the event was not stored).
     Broker(BrokerError),
 }
 
@@ -169,6 +174,9 @@ impl fmt::Display for BusError {
                 f,
                 "redis at {server} did not answer within {} ms",
                 waited.as_millis()
+            ),
+            BusError::StoppedAfterStoring => f.write_str(
+                "the server is stopping: the event was stored in Redis for other servers, but not sent to this server's streams",
             ),
             BusError::Broker(e) => e.fmt(f),
         }
@@ -401,6 +409,11 @@ impl RedisBus {
         data: &str,
     ) -> Result<Published, BusError> {
         broker::validate_publish(channel, event_name)?;
+        // As the broker refuses a publish once closed (the stop closes it
+        // and the streams end): not sent to Redis at all.
+        if self.shared.broker.is_closed() {
+            return Err(BrokerError::Closed.into());
+        }
         let floor = self.shared.broker.last_id();
         // EVAL, not EVALSHA: Redis caches the script by its text anyway.
         let script = Command::new("EVAL")
@@ -425,6 +438,9 @@ impl RedisBus {
                     .unavailable(format!("unexpected id {reply:?} from the publish script"))
             })?;
         self.wait_applied(id, APPLY_WAIT);
+        if self.shared.broker.is_closed() && self.shared.broker.last_id() < id {
+            return Err(BusError::StoppedAfterStoring);
+        }
         Ok(Published {
             id,
             subscribers: self.shared.broker.subscriber_count(channel),
