@@ -321,7 +321,7 @@ fn open_stream_head(app: &Arc<App>, request: Request, path: &str, query: &str) {
 
 /// Writes the head of a stream, which says `Connection: close`.
 fn stream_head(app: &App, request: Request) {
-    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let http10 = keep_alive::is_http10(&request);
     let head = crate::stream::response_head(http10, app.config.cors_origin.as_deref());
     let mut writer = request.into_writer();
     if let Err(e) = writer.write_all(&head).and_then(|()| writer.flush()) {
@@ -340,7 +340,7 @@ fn requested_channels(query: &str) -> Vec<String> {
 /// The `400` for a request with ambiguous framing (see `framing`), after
 /// which its connection is closed.
 fn framing_error(request: &Request) -> Option<ApiError> {
-    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let http10 = keep_alive::is_http10(request);
     let ambiguity = crate::framing::ambiguity(request.headers(), http10)?;
     Some(ApiError::new(400, format!("{ambiguity}; the connection is closed")).closing())
 }
@@ -531,7 +531,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         demo,
         channels,
         last_id,
-        http10: request.http_version() == &tiny_http::HTTPVersion(1, 0),
+        http10: keep_alive::is_http10(&request),
         peer,
     };
     // The thread gets the connection, taken out of tiny_http, not the
@@ -926,7 +926,7 @@ fn send<R: Read>(request: Request, response: Response<R>) {
     // A connection that closes after the answer says so (RFC 9112, 9.6),
     // also when an HTTP/1.1 client asked for it (for HTTP/1.0 closing is
     // the default, said by saying nothing).
-    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let http10 = keep_alive::is_http10(&request);
     let sent = if request.is_reading_stopped() {
         keep_alive::respond_closing(request, response)
     } else if keep_alive::stays_open(&request) {

@@ -43,7 +43,13 @@ pub fn stays_open(request: &Request) -> bool {
     if value.contains("close") || value.contains("upgrade") {
         return false;
     }
-    *request.http_version() != HTTPVersion(1, 0) || value.contains("keep-alive")
+    !is_http10(request) || value.contains("keep-alive")
+}
+
+/// True for an HTTP/1.0 request: kept alive only when it asks, and
+/// without transfer codings.
+pub fn is_http10(request: &Request) -> bool {
+    *request.http_version() == HTTPVersion(1, 0)
 }
 
 /// Answers `request`, whose connection [`stays_open`], with `response` and
@@ -53,7 +59,7 @@ pub fn stays_open(request: &Request) -> bool {
 /// The error of printing the response or of writing it to the client.
 pub fn respond_kept<R: Read>(request: Request, response: Response<R>) -> io::Result<()> {
     let timeout = format!("timeout={}", KEEP_ALIVE_IDLE.as_secs());
-    if *request.http_version() != HTTPVersion(1, 0) {
+    if !is_http10(&request) {
         return request.respond(response.with_header(crate::http::header("Keep-Alive", &timeout)));
     }
     let lines = format!("Connection: keep-alive\r\nKeep-Alive: {timeout}\r\n");
