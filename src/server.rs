@@ -350,11 +350,9 @@ impl Server {
         }
         // Publishes in progress finish before streams are told to end, so
         // each accepted event is in the broker by then.
-        let requests_deadline = started + STOP_DEADLINE / 2;
-        while self.app.requests_in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < requests_deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let unfinished = self.app.requests_in_flight.load(Ordering::SeqCst);
+        let requests = || self.app.requests_in_flight.load(Ordering::SeqCst);
+        wait_while(started + STOP_DEADLINE / 2, || requests() > 0);
+        let unfinished = requests();
         if unfinished > 0 {
             log::warn!(
                 "{unfinished} requests still in progress (a body still arriving, say): what they publish from now on is refused; their answers are waited for until the stop's deadline"
@@ -369,15 +367,11 @@ impl Server {
                 .take(),
         );
         self.app.broker.close();
-        while self.app.stats.open_streams() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_while(deadline, || self.app.stats.open_streams() > 0);
         // Requests still in progress get their answer (a publish: 503, the
         // broker is closed) before the process may exit, as far as the
         // deadline allows.
-        while self.app.requests_in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_while(deadline, || requests() > 0);
         self.head_guard.take();
         // The ended streams' lines first.
         self.app.stream_log.flush(STREAM_LOG_FLUSH);
@@ -387,6 +381,13 @@ impl Server {
             streams,
             self.app.stats.open_streams()
         );
+    }
+}
+
+/// Waits, 5 ms at a time, while `busy` and `deadline` is not reached.
+fn wait_while(deadline: Instant, busy: impl Fn() -> bool) {
+    while busy() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
