@@ -1737,20 +1737,7 @@ fn a_publish_whose_body_outlasts_the_stop_is_answered_503_before_the_exit() {
     // still coming after that was cut off unanswered when the process
     // exited. Now it is refused (the broker is closed) and answered.
     let mut server = TestServer::start(&["--tick-interval", "0"]);
-    let mut publishing = TcpStream::connect(server.addr).unwrap();
-    publishing.set_read_timeout(Some(LONG)).unwrap();
-    // `100 Continue` comes when the handler starts reading the body: the
-    // publish is then in progress.
-    let head = "POST /publish?channel=late HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n";
-    publishing.write_all(head.as_bytes()).unwrap();
-    let mut interim = Vec::new();
-    read_until(&mut publishing, &mut interim, Instant::now() + LONG, |got| {
-        got.contains("\r\n\r\n")
-    });
-    let interim = String::from_utf8_lossy(&interim);
-    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
-    publishing.set_read_timeout(Some(LONG)).unwrap();
-    publishing.write_all(&[b'a'; 1500]).unwrap();
+    let mut publishing = publish_in_progress(server.addr, "late");
     server.signal("TERM");
     let gave_up = wait_until(LONG, || server.logs().contains("1 requests still in progress"));
     assert!(gave_up, "{}", server.logs());

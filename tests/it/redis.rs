@@ -715,21 +715,7 @@ fn a_publish_finishing_after_the_stop_closed_the_broker_is_refused_through_redis
     let mut a = node(&redis, &[]);
     let mut client = SseClient::connect(a.addr, "/events?channel=late", &[]);
     assert_eq!(client.status(), 200, "{}", client.head);
-    let mut publishing = TcpStream::connect(a.addr).unwrap();
-    publishing
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    // `100 Continue` once the handler reads the body: in progress.
-    let head = "POST /publish?channel=late HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n";
-    publishing.write_all(head.as_bytes()).unwrap();
-    let mut interim = Vec::new();
-    let mut byte = [0u8; 1];
-    while !interim.ends_with(b"\r\n\r\n") {
-        assert_eq!(publishing.read(&mut byte).unwrap(), 1, "{interim:?}");
-        interim.push(byte[0]);
-    }
-    assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
-    publishing.write_all(&[b'a'; 1500]).unwrap();
+    let mut publishing = publish_in_progress(a.addr, "late");
     a.signal("TERM");
     assert!(
         wait_until(Duration::from_secs(10), || a

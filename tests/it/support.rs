@@ -755,6 +755,37 @@ fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
         .expect("setsockopt SO_RCVBUF");
 }
 
+/// A publish to `channel` whose handler is reading its body, on the
+/// connection returned: it asked `Expect: 100-continue` for a body of 2,000
+/// bytes (`100 Continue` comes once the handler starts reading it) and has
+/// sent 1,500 of them; writing 500 more finishes it. Reads time out after
+/// 10 s.
+pub fn publish_in_progress(addr: SocketAddr, channel: &str) -> TcpStream {
+    let mut publishing = TcpStream::connect(addr).expect("connect");
+    publishing
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let head = format!(
+        "POST /publish?channel={channel} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n"
+    );
+    publishing.write_all(head.as_bytes()).expect("send the head");
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            publishing.read(&mut byte).expect("100 Continue"),
+            1,
+            "{interim:?}"
+        );
+        interim.push(byte[0]);
+    }
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
+    publishing
+        .write_all(&[b'a'; 1500])
+        .expect("send part of the body");
+    publishing
+}
+
 /// Writes `request` on a kept-alive `connection` and reads one answer, whole
 /// by its `Content-Length`; or what came before the connection closed or
 /// its read timeout passed.
