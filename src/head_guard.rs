@@ -174,6 +174,27 @@ impl HeadLog {
         lock(&self.streams).contains(&peer)
     }
 
+    /// Shuts down, both ways, the connection of every open stream to local
+    /// port `port`; returns how many. For the end of a stop: a stream whose
+    /// write is blocked (its client reads nothing) then fails at once, and
+    /// ends and logs its closing line before the process exits, instead of
+    /// waiting out `--write-timeout`. One pass over `/proc/self/fd`; each
+    /// descriptor's endpoints are read just before its shutdown.
+    pub fn shut_down_streams(&self, port: u16) -> usize {
+        use nix::sys::socket::{self, Shutdown};
+        let peers = lock(&self.streams).clone();
+        let mut shut = 0;
+        for fd in open_descriptors() {
+            let Some((peer, local_port)) = socket_endpoints(fd) else {
+                continue;
+            };
+            if local_port == port && peers.contains(&peer) && socket::shutdown(fd, Shutdown::Both).is_ok() {
+                shut += 1;
+            }
+        }
+        shut
+    }
+
     fn take(&self) -> HashMap<SocketAddr, Instant> {
         std::mem::take(&mut *lock(&self.heads))
     }

@@ -613,6 +613,11 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
         log::error!("stream of {} panicked; closing it", peer_text(peer));
         CloseReason::Error
     });
+    // A write that failed because the stop cut the connection.
+    let reason = match reason {
+        CloseReason::ClientLeft if app.streams_were_cut() => CloseReason::Shutdown,
+        other => other,
+    };
     end_stream(
         app,
         slot,

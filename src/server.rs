@@ -3,7 +3,9 @@
 //! Stopping follows the spec's order: stop accepting; let requests already
 //! being answered finish (so every `200` for a publish is for an event in the
 //! broker); then tell every stream to end, each first writing every event it
-//! has not written yet; wait for them, at most until the deadline.
+//! has not written yet; wait for them, at most until the deadline. Streams
+//! still writing shortly before it (their clients read nothing) have their
+//! connections cut, so that they end and log their closing lines.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +28,10 @@ use crate::stream_log::StreamLog;
 /// How long a stop may take from signal to return, leaving the process time
 /// to exit within the spec's 2 s.
 const STOP_DEADLINE: Duration = Duration::from_millis(1700);
+
+/// How long before [`STOP_DEADLINE`] a stop cuts the connections of the
+/// streams still writing: time for their threads to end and log.
+const STREAM_CUT_MARGIN: Duration = Duration::from_millis(250);
 
 /// How long stopping waits for the ended streams' lines to be written
 /// (`stream_log`); within the 2 s a stop may take.
@@ -147,6 +153,9 @@ pub struct App {
     pub shutdown_rx: Receiver<()>,
     shutdown_tx: Mutex<Option<Sender<()>>>,
     stopping: AtomicBool,
+    /// Set when the stop shut the connections of streams still open near
+    /// its deadline: a write that fails from now on was cut by the stop.
+    streams_cut: AtomicBool,
     requests_in_flight: AtomicUsize,
 }
 
@@ -154,6 +163,12 @@ impl App {
     /// True once the server is stopping.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// True once the stop cut the connections of the streams it still
+    /// waited for (see [`Server::stop`]).
+    pub fn streams_were_cut(&self) -> bool {
+        self.streams_cut.load(Ordering::Acquire)
     }
 
     /// Counts one request in progress, unless the server is stopping. A
@@ -295,6 +310,7 @@ impl Server {
             shutdown_rx,
             shutdown_tx: Mutex::new(Some(shutdown_tx)),
             stopping: AtomicBool::new(false),
+            streams_cut: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),
         });
         let period = ping_clock_period(app.config.ping_interval);
@@ -367,7 +383,21 @@ impl Server {
                 .take(),
         );
         self.app.broker.close();
-        wait_while(deadline, || self.app.stats.open_streams() > 0);
+        let open_streams = || self.app.stats.open_streams() > 0;
+        wait_while(deadline - STREAM_CUT_MARGIN, open_streams);
+        if open_streams() {
+            // Left: streams whose writes are blocked (clients that read
+            // nothing; a write may wait `--write-timeout`). Their writes
+            // fail once their connections are shut, and they end with
+            // their closing lines before the exit.
+            self.app.streams_cut.store(true, Ordering::Release);
+            let cut = self.app.heads.shut_down_streams(self.addr.port());
+            log::warn!(
+                "{} streams still writing (clients not reading) at the stop's deadline: {cut} connections cut",
+                self.app.stats.open_streams()
+            );
+            wait_while(deadline, open_streams);
+        }
         // Requests still in progress get their answer (a publish: 503, the
         // broker is closed) before the process may exit, as far as the
         // deadline allows.

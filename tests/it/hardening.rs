@@ -541,6 +541,62 @@ fn shutdown_delivers_every_accepted_event_to_every_subscriber() {
 }
 
 #[test]
+fn a_stream_stuck_in_a_write_at_the_stop_is_cut_and_logs_its_close_before_the_exit() {
+    // A client that reads nothing blocks its stream's write for up to
+    // --write-timeout (a minute here). The stop used to exit with that
+    // stream still open: no closing line, `shutdown` never counted. Now the
+    // stop cuts its connection shortly before its deadline.
+    let mut server = TestServer::start(&[
+        "--tick-interval",
+        "0",
+        "--write-timeout",
+        "60s",
+        "--ping-interval",
+        "600s",
+        "--queue-size",
+        "100000",
+        "--log",
+        "info",
+    ]);
+    let stuck = SseClient::connect_with_receive_buffer(server.addr, "/events?channel=stuck", &[], 4096);
+    let peer = stuck.socket().local_addr().unwrap().to_string();
+    let reader = SseClient::connect(server.addr, "/events?channel=stuck", &[]);
+    wait_open_streams(&server, 2);
+    let big = "x".repeat(60_000);
+    let mut published = 0;
+    while published < 3000 && !server.stream_blocked_in_write() {
+        publish(server.addr, "stuck", &big);
+        published += 1;
+    }
+    assert!(
+        server.stream_blocked_in_write(),
+        "no stream blocked after {published} events of 60 kB"
+    );
+    drop(reader);
+    server.signal("TERM");
+    let status = server.wait_exit(LONG);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        server.logs()
+    );
+    let logs = server.logs();
+    let closed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("stream closed") && l.contains(&format!(" peer={peer} ")))
+        .collect();
+    assert_eq!(
+        closed.len(),
+        1,
+        "no close line for the stuck stream {peer}:\n{logs}"
+    );
+    assert!(closed[0].contains("reason=shutdown"), "{}", closed[0]);
+    assert!(logs.contains("1 connections cut"), "{logs}");
+    assert!(logs.contains("0 still writing"), "{logs}");
+    drop(stuck);
+}
+
+#[test]
 fn connections_are_accepted_after_idle_periods_longer_than_the_read_timeout() {
     // Accepted sockets inherit the listener's read timeout, and so does
     // accept(): the keep-awake thread must stop tiny_http's acceptor from
