@@ -453,6 +453,12 @@ fn abrupt_disconnects_leave_no_thread_or_descriptor_behind() {
 
 #[test]
 fn a_panic_ends_one_connection_and_the_server_goes_on() {
+    if !cfg!(debug_assertions) {
+        // The server's injected faults (src/fault.rs) are compiled into
+        // debug builds only, and `cargo test --release` builds it without.
+        eprintln!("skipped: fault injection exists in debug builds only");
+        return;
+    }
     let server = TestServer::start_with_env(&["--tick-interval", "0"], &[("TINYSSE_FAULTS", "1")]);
     let mut healthy = SseClient::connect(server.addr, "/events?channel=fine", &[]);
     let mut doomed = SseClient::connect(server.addr, "/events?channel=fault.panic-stream", &[]);
