@@ -58,6 +58,16 @@ pub enum PublishError {
     Repeated(&'static str),
     /// A query parameter that is not UTF-8 once percent-decoded.
     QueryNotUtf8(&'static str),
+    /// `channel` or `event` in both the query and the JSON body, with
+    /// different values.
+    Conflicting {
+        /// The field.
+        field: &'static str,
+        /// Its value in the query.
+        query: String,
+        /// Its value in the JSON body (`None`: `null`).
+        body: Option<String>,
+    },
 }
 
 impl fmt::Display for PublishError {
@@ -92,6 +102,13 @@ impl fmt::Display for PublishError {
             ),
             PublishError::QueryNotUtf8(field) => {
                 write!(f, "query parameter '{field}' is not valid UTF-8 once percent-decoded")
+            }
+            PublishError::Conflicting { field, query, body } => {
+                let body = body.as_deref().map_or_else(|| "null".to_string(), |b| format!("{b:?}"));
+                write!(
+                    f,
+                    "'{field}' is {query:?} in the query but {body} in the JSON body: give it once"
+                )
             }
         }
     }
@@ -159,7 +176,8 @@ pub fn is_json(content_type: &str) -> bool {
 /// Builds the request from the query string, the body and whether it is
 /// JSON. Raw form: `?channel=&event=`, the body is the data. JSON form:
 /// `{"channel", "event", "data"}`, where non-string data is sent as compact
-/// JSON; a field missing from the JSON falls back to the query.
+/// JSON; a field missing from the JSON falls back to the query, and one
+/// given in both must have the same value in each.
 ///
 /// # Errors
 /// [`PublishError`] saying what is wrong with the body.
@@ -200,13 +218,14 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
             object.insert(name, value);
         }
         if let Some(v) = object.remove("channel") {
-            channel = Some(string_member(&v, "channel")?);
+            channel = agree("channel", channel, Some(string_member(&v, "channel")?))?;
         }
         if let Some(v) = object.remove("event") {
-            event = match v.get() {
+            let named = match v.get() {
                 "null" => None,
                 _ => Some(string_member(&v, "event")?),
             };
+            event = agree("event", event, named)?;
         }
         match object.remove("data") {
             Some(v) if v.get().starts_with('"') => string_member(&v, "data")?,
@@ -223,6 +242,20 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
         event: event.filter(|e| !e.is_empty()),
         data,
     })
+}
+
+/// The value of `field` given in the JSON body, checked against the one
+/// the query gave, if any: a publisher that names two channels (or event
+/// types) meant one of them, and which one is not for the server to guess.
+fn agree(
+    field: &'static str,
+    query: Option<String>,
+    body: Option<String>,
+) -> Result<Option<String>, PublishError> {
+    match query {
+        Some(query) if body.as_ref() != Some(&query) => Err(PublishError::Conflicting { field, query, body }),
+        _ => Ok(body),
+    }
 }
 
 /// A JSON object's members in the order written, repeated names kept.
@@ -394,6 +427,29 @@ mod tests {
     }
 
     #[test]
+    fn a_field_in_both_the_query_and_the_json_must_agree() {
+        let same = parse(
+            "channel=a&event=e",
+            true,
+            br#"{"channel":"a","event":"e","data":"x"}"#.to_vec(),
+        )
+        .expect("the same values twice are fine");
+        assert_eq!((same.channel.as_str(), same.event.as_deref()), ("a", Some("e")));
+        let error = parse("channel=a", true, br#"{"channel":"b","data":"x"}"#.to_vec()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"'channel' is "a" in the query but "b" in the JSON body: give it once"#
+        );
+        let error = parse("event=e", true, br#"{"event":null,"data":"x"}"#.to_vec()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"'event' is "e" in the query but null in the JSON body: give it once"#
+        );
+        let only_json = parse("", true, br#"{"event":null,"channel":"c","data":"x"}"#.to_vec()).unwrap();
+        assert_eq!((only_json.channel.as_str(), only_json.event), ("c", None));
+    }
+
+    #[test]
     fn json_form_with_string_and_structured_data() {
         let r = parse(
             "",
@@ -452,12 +508,7 @@ mod tests {
             parse("", true, br#"{"data":"\ud800"}"#.to_vec()),
             Err(PublishError::BadJson(e)) if e.starts_with("'data'")
         ));
-        let r = parse(
-            "event=e",
-            true,
-            br#"{ "data" : "a\nb\u00e9", "event" : null }"#.to_vec(),
-        )
-        .unwrap();
+        let r = parse("", true, br#"{ "data" : "a\nb\u00e9", "event" : null }"#.to_vec()).unwrap();
         assert_eq!(
             (r.data.as_str(), r.event),
             ("a\nb\u{e9}", None),

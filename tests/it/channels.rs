@@ -594,6 +594,17 @@ fn bad_publishes_and_subscriptions_get_400_saying_what_is_wrong() {
             "'data' given more than once",
         ),
         (
+            "one channel in the query, another in the JSON",
+            http(
+                addr,
+                "POST",
+                "/publish?channel=c",
+                &[("Content-Type", "application/json")],
+                br#"{"channel": "d", "data": "x"}"#,
+            ),
+            r#"'channel' is "c" in the query but "d" in the JSON body"#,
+        ),
+        (
             "two Content-Lengths that disagree",
             http(
                 addr,
