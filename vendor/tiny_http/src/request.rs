@@ -84,8 +84,9 @@ pub struct Request {
     // true if a `100 Continue` response must be sent when `as_reader()` is called
     must_send_continue: bool,
 
-    // tinysse: the body is chunked (and its reader what decodes it)
-    chunked_body: bool,
+    // tinysse: the body is read from the connection as the handler reads
+    // it (chunked, or of a known length not read beforehand)
+    streamed_body: bool,
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
@@ -351,7 +352,11 @@ where
         headers,
         body_length: content_length,
         must_send_continue: expects_continue,
-        chunked_body: transfer_encoding.is_some() && !connection_upgrade,
+        streamed_body: !connection_upgrade
+            && match content_length {
+                Some(length) => length > 1024 || (length > 0 && expects_continue),
+                None => transfer_encoding.is_some(),
+            },
         notify_when_responded: None,
         #[cfg(unix)]
         socket: None,
@@ -682,31 +687,32 @@ impl fmt::Debug for Request {
     }
 }
 
-/// tinysse: a chunked body left unread is read to its end when its request
-/// is dropped, as a body of known length is (`EqualReader`), so that the
+/// tinysse: a body left unread (chunked, or of a known length not read
+/// beforehand) is read to its end when its request is dropped, so that the
 /// connection's next request starts where it should; at most this much of
-/// it and for at most [`CHUNKED_DRAIN_TIME`], past which the connection is
+/// it and for at most [`BODY_DRAIN_TIME`], past which the connection is
 /// closed instead.
-const CHUNKED_DRAIN_BYTES: usize = 64 * 1024;
+pub(crate) const BODY_DRAIN_BYTES: usize = 64 * 1024;
 
-/// tinysse: see [`CHUNKED_DRAIN_BYTES`].
-const CHUNKED_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// tinysse: see [`BODY_DRAIN_BYTES`].
+pub(crate) const BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Request {
-    /// tinysse: reads what is left of a chunked body (see
-    /// [`CHUNKED_DRAIN_BYTES`]). Without it the rest of the body was read
-    /// as the next request: its chunk lines got an answer (a `400`, or a
-    /// `405` for a line that looked like a method), which the client took
-    /// for the answer to its next request.
-    fn drain_chunked_body(&mut self) {
-        if !self.chunked_body {
+    /// tinysse: reads what is left of a body (see [`BODY_DRAIN_BYTES`]).
+    /// Without it the rest of a chunked body was read as the next request:
+    /// its chunk lines got an answer (a `400`, or a `405` for a line that
+    /// looked like a method), which the client took for the answer to its
+    /// next request. A body of known length was read to its end by
+    /// `EqualReader`, whatever its `Content-Length` claimed.
+    fn drain_unread_body(&mut self) {
+        if !self.streamed_body {
             return;
         }
         let Some(reader) = self.data_reader.as_mut() else {
             return;
         };
-        let deadline = std::time::Instant::now() + CHUNKED_DRAIN_TIME;
-        if !crate::util::drain(reader, CHUNKED_DRAIN_BYTES, Some(deadline)) {
+        let deadline = std::time::Instant::now() + BODY_DRAIN_TIME;
+        if !crate::util::drain(reader, BODY_DRAIN_BYTES, Some(deadline)) {
             #[cfg(unix)]
             self.stop_reading();
             #[cfg(not(unix))]
@@ -717,7 +723,7 @@ impl Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
-        self.drain_chunked_body();
+        self.drain_unread_body();
         if self.response_writer.is_some() {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
