@@ -185,7 +185,7 @@ const OPTIONS: &[OptionSpec] = &[
         flag: "max-body",
         value: "SIZE",
         default: "64KiB",
-        help: "largest publish body (bytes, or with KiB/MiB)",
+        help: "largest publish body (bytes, or with KiB/MiB; 64MiB at most)",
     },
     OptionSpec {
         flag: "publish-token",
@@ -318,7 +318,16 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
         "max-connections" => config.max_connections = parse_count(value, 1)?,
         "max-channels" => config.max_channels = parse_count(value, 1)?,
         "write-timeout" => config.write_timeout = positive_duration(value)?,
-        "max-body" => config.max_body = parse_size(value)?,
+        "max-body" => {
+            let size = parse_size(value)?;
+            if size > MAX_BODY_LIMIT {
+                return Err(format!(
+                    "at most {}MiB: a body is held in memory, and in each channel's history",
+                    MAX_BODY_LIMIT >> 20
+                ));
+            }
+            config.max_body = size;
+        }
         // Empty is refused, not taken for "no token": an unset variable in
         // an environment file would otherwise turn the check off unseen.
         "publish-token" if value.is_empty() => {
@@ -378,6 +387,10 @@ fn parse_origin(value: &str) -> Result<Option<String>, String> {
         Err(HINT.into())
     }
 }
+
+/// The largest `--max-body`: an event is a notification, and each one is
+/// kept whole in memory while it is read, parsed and kept for replay.
+const MAX_BODY_LIMIT: usize = 64 << 20;
 
 fn parse_count(value: &str, min: usize) -> Result<usize, String> {
     match value.parse::<usize>() {
@@ -498,6 +511,18 @@ mod tests {
         assert!(run(&["--bogus", "1"], &[]).is_err());
         assert!(run(&["--port"], &[]).is_err());
         assert!(run(&["stray"], &[]).is_err());
+    }
+
+    #[test]
+    fn max_body_stops_at_64_mib() {
+        assert_eq!(
+            run(&["--max-body", "64MiB"], &[]).map(|c| c.max_body),
+            Ok(64 << 20)
+        );
+        for too_big in ["65MiB", "65536MiB", "18446744073709551615"] {
+            let err = run(&["--max-body", too_big], &[]).unwrap_err().to_string();
+            assert!(err.contains("at most 64MiB"), "{too_big}: {err}");
+        }
     }
 
     #[test]

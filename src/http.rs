@@ -89,6 +89,7 @@ impl From<PublishError> for ApiError {
         let status = match e {
             PublishError::TooLarge(_) => 413,
             PublishError::TooSlow => 408,
+            PublishError::OutOfMemory => 503,
             _ => 400,
         };
         ApiError::new(status, e.to_string())

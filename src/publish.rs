@@ -58,6 +58,8 @@ pub enum PublishError {
     Repeated(&'static str),
     /// A query parameter that is not UTF-8 once percent-decoded.
     QueryNotUtf8(&'static str),
+    /// The server could not get the memory to hold the body.
+    OutOfMemory,
     /// `channel` or `event` in both the query and the JSON body, with
     /// different values.
     Conflicting {
@@ -103,6 +105,9 @@ impl fmt::Display for PublishError {
             PublishError::QueryNotUtf8(field) => {
                 write!(f, "query parameter '{field}' is not valid UTF-8 once percent-decoded")
             }
+            PublishError::OutOfMemory => {
+                f.write_str("the server has no memory for a body this large now; nothing was published")
+            }
             PublishError::Conflicting { field, query, body } => {
                 let body = body.as_deref().map_or_else(|| "null".to_string(), |b| format!("{b:?}"));
                 write!(
@@ -115,6 +120,9 @@ impl fmt::Display for PublishError {
 }
 
 impl std::error::Error for PublishError {}
+
+/// The most a body's buffer reserves before its bytes arrive.
+const RESERVE_AT_MOST: usize = 64 * 1024;
 
 /// Reads a body of at most `max` bytes within [`BODY_DEADLINE`]; with a
 /// `declared` length, exactly that many.
@@ -132,7 +140,10 @@ pub fn read_body(
         return Err(PublishError::TooLarge(max));
     }
     let started = Instant::now();
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(max));
+    // Reserved up front only up to [`RESERVE_AT_MOST`]: a `Content-Length`
+    // is a claim, and reserving what it claims (under a large
+    // `--max-body`) let one request abort the process before a byte came.
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(max).min(RESERVE_AT_MOST));
     let mut chunk = [0u8; 8192];
     loop {
         let n = match reader.read(&mut chunk) {
@@ -155,6 +166,7 @@ pub fn read_body(
         if body.len() + n > max {
             return Err(PublishError::TooLarge(max));
         }
+        body.try_reserve(n).map_err(|_| PublishError::OutOfMemory)?;
         body.extend_from_slice(&chunk[..n]);
         if started.elapsed() > BODY_DEADLINE {
             return Err(PublishError::TooSlow);

@@ -602,6 +602,61 @@ fn a_stream_stuck_in_a_write_at_the_stop_is_cut_and_logs_its_close_before_the_ex
     drop(stuck);
 }
 
+/// `VmSize` of process `pid`, in KiB.
+fn virtual_size_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_large_content_length_reserves_no_memory_before_its_bytes_come() {
+    // Reserving what Content-Length claimed let one request abort the
+    // process (a failed allocation) under a large --max-body.
+    let server = TestServer::start(&["--tick-interval", "0", "--max-body", "64MiB"]);
+    let mut stream = SseClient::connect(server.addr, "/events?channel=k", &[]);
+    wait_open_streams(&server, 1);
+    let before = virtual_size_kib(server.pid());
+    // Once `100 Continue` comes, the handler is reading the body.
+    let publishing = publish_in_progress_of(server.addr, "k", 64 << 20);
+    let during = virtual_size_kib(server.pid());
+    assert!(
+        during < before + 16 * 1024,
+        "VmSize {before} -> {during} KiB with 1,500 bytes of a 64 MiB body in"
+    );
+    drop(publishing);
+    assert!(publish(server.addr, "k", "still here") > 0);
+    assert_eq!(stream.next_event(LONG).map(|e| e.data), Some("still here".into()));
+}
+
+#[test]
+fn a_content_length_past_any_memory_is_answered_and_the_server_goes_on() {
+    // tiny_http skipped an unread body of known length by allocating a
+    // buffer of the size left: a Content-Length of 10^12 on any request
+    // whose body was not read aborted the process (default options).
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    for (request, status) in [
+        ("POST /publish?channel=k", "413"),
+        ("POST /health", "405"),
+        ("GET /nowhere", "404"),
+        ("POST /events", "405"),
+    ] {
+        let head = format!("{request} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n");
+        let answer = answer_to(server.addr, head.as_bytes());
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{request}: {answer:?}\n{}",
+            server.logs()
+        );
+        assert_eq!(get(server.addr, "/health").status, 200, "after {request}");
+    }
+    assert!(!server.logs().contains("memory allocation"), "{}", server.logs());
+}
+
 #[test]
 fn connections_are_accepted_after_idle_periods_longer_than_the_read_timeout() {
     // Accepted sockets inherit the listener's read timeout, and so does

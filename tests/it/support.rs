@@ -761,12 +761,17 @@ fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
 /// sent 1,500 of them; writing 500 more finishes it. Reads time out after
 /// 10 s.
 pub fn publish_in_progress(addr: SocketAddr, channel: &str) -> TcpStream {
+    publish_in_progress_of(addr, channel, 2000)
+}
+
+/// [`publish_in_progress`] with a body of `length` bytes (more than 1,500).
+pub fn publish_in_progress_of(addr: SocketAddr, channel: &str, length: usize) -> TcpStream {
     let mut publishing = TcpStream::connect(addr).expect("connect");
     publishing
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
     let head = format!(
-        "POST /publish?channel={channel} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n"
+        "POST /publish?channel={channel} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
     );
     publishing.write_all(head.as_bytes()).expect("send the head");
     let mut interim = Vec::new();
