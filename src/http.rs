@@ -305,14 +305,29 @@ fn origin_form(target: &str) -> String {
     }
 }
 
+/// The `503` for a stream past `--max-connections`.
+fn too_many_streams(app: &App) -> ApiError {
+    ApiError::new(
+        503,
+        format!(
+            "too many open streams (--max-connections {}); retry later",
+            app.config.max_connections
+        ),
+    )
+    .with_header("Retry-After", "5")
+}
+
 /// Answers `HEAD` of a stream path with the head a `GET` gets (or its
-/// `400` for bad channels), without opening a stream; the connection is
-/// ended.
+/// `400` for bad channels, its `503` past `--max-connections`), without
+/// opening a stream; the connection is ended.
 fn open_stream_head(app: &Arc<App>, request: Request, path: &str, query: &str) {
     if path == "/events" {
         if let Err(e) = broker::validate_subscription(&requested_channels(query)) {
             return respond_error(app, request, e.into());
         }
+    }
+    if app.stats.open_streams() >= app.config.max_connections as u64 {
+        return respond_error(app, request, too_many_streams(app));
     }
     // The head says `Connection: close`: what the client sent behind it is
     // not read as requests, and tiny_http's reader of it leaves at once.
@@ -513,14 +528,9 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         return respond_error(app, request, e.into());
     }
     let Some(slot) = app.stats.try_open_stream(app.config.max_connections) else {
-        let error = ApiError::new(
-            503,
-            format!(
-                "too many open streams (--max-connections {}); retry later",
-                app.config.max_connections
-            ),
-        )
-        .with_header("Retry-After", "5");
+        let error = too_many_streams(app);
+        let peer = request.remote_addr().copied();
+        log::info!("stream refused peer={}: {}", peer_text(peer), error.message);
         return respond_error(app, request, error);
     };
     let peer = request.remote_addr().copied();
@@ -804,6 +814,8 @@ fn publish_request(
             } else {
                 "wrong publish token"
             };
+            let peer = request.remote_addr().copied();
+            log::info!("publish refused peer={}: {message}", peer_text(peer));
             return Err(ApiError::new(401, message).with_header("WWW-Authenticate", "Bearer"));
         }
     }

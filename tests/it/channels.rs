@@ -787,7 +787,14 @@ fn a_last_event_id_from_the_future_misses_nothing_new() {
 
 #[test]
 fn publish_token_is_required_when_set() {
-    let server = TestServer::start(&["--publish-token", "s3cret", "--ping-interval", "1m"]);
+    let server = TestServer::start(&[
+        "--publish-token",
+        "s3cret",
+        "--ping-interval",
+        "1m",
+        "--log",
+        "info",
+    ]);
     let addr = server.addr;
     // Subscribing needs no token.
     let mut client = subscribe(addr, "channel=t", &[]);
@@ -818,6 +825,19 @@ fn publish_token_is_required_when_set() {
         missing.contains("Authorization"),
         "says what is missing: {missing:?}"
     );
+    // Each refusal is logged at the default level, the token never.
+    let logged = |logs: &str| logs.matches("publish refused peer=127.0.0.1:").count();
+    assert!(
+        wait_until(10 * SECOND, || logged(&server.logs()) == 8),
+        "{}",
+        server.logs()
+    );
+    assert!(
+        server.logs().contains(": wrong publish token"),
+        "{}",
+        server.logs()
+    );
+    assert!(!server.logs().contains("s3cre"), "{}", server.logs());
     let ok = id_of(&with(Some("Bearer s3cret")));
     let json = http(
         addr,

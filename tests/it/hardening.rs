@@ -23,13 +23,26 @@ fn wait_open_streams(server: &TestServer, n: u64) {
 
 #[test]
 fn one_stream_over_the_cap_gets_503_and_the_others_go_on() {
-    let server = TestServer::start(&["--max-connections", "3", "--tick-interval", "0"]);
+    let server = TestServer::start(&["--max-connections", "3", "--tick-interval", "0", "--log", "info"]);
     let mut open: Vec<SseClient> = (0..3)
         .map(|_| SseClient::connect(server.addr, "/events?channel=cap", &[]))
         .collect();
     wait_open_streams(&server, 3);
     let refused = http(server.addr, "GET", "/events?channel=cap", &[], b"");
     assert_eq!(refused.status, 503, "{refused:?}");
+    // Logged at the default level, as other refused streams are.
+    assert!(
+        wait_until(LONG, || server.logs().contains("stream refused peer=127.0.0.1:")
+            && server.logs().contains("too many open streams")),
+        "{}",
+        server.logs()
+    );
+    // HEAD says what GET would.
+    for path in ["/events?channel=cap", "/"] {
+        let head = http(server.addr, "HEAD", path, &[], b"");
+        assert_eq!(head.status, 503, "HEAD {path}: {head:?}");
+        assert!(head.header("Retry-After").is_some(), "{}", head.head);
+    }
     assert!(refused.header("Retry-After").is_some(), "{}", refused.head);
     assert!(refused.json()["error"]
         .as_str()
