@@ -801,30 +801,18 @@ fn publish_request(
     request: &mut Request,
     query: &str,
 ) -> Result<(serde_json::Value, Option<PendingFanOut>), ApiError> {
-    if let Some(token) = &app.config.publish_token {
-        let given = request_header(request, "Authorization").map(str::trim);
-        let presented = given.and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("Bearer").then(|| rest.trim())
-        });
-        let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
-        if !ok {
-            let message = if given.is_none() {
-                "missing 'Authorization: Bearer <token>' header"
-            } else {
-                "wrong publish token"
-            };
-            let peer = request.remote_addr().copied();
-            log::info!("publish refused peer={}: {message}", peer_text(peer));
-            return Err(ApiError::new(401, message).with_header("WWW-Authenticate", "Bearer"));
-        }
-    }
+    // A client that sent `Expect: 100-continue` sends no body after a
+    // refusal from the head: its connection is closed rather than left
+    // waiting for the body until the read timeout.
+    let awaits_continue =
+        request_header(request, "Expect").is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    let fields =
+        check_publish_head(app, request, query).map_err(|e| if awaits_continue { e.closing() } else { e })?;
     let json = request_header(request, "Content-Type").is_some_and(publish::is_json);
-    // Framing was checked by `handle` (`framing_error`).
     let declared = request.body_length();
     let body = publish::read_body(request.as_reader(), declared, app.config.max_body)
         .map_err(|e| ApiError::from(e).closing())?;
-    let event = publish::parse(query, json, body)?;
+    let event = publish::parse_body(fields, json, body)?;
     crate::fault::panic_if_requested(&event.channel);
     let (published, fan_out) = match &app.redis {
         Some(bus) => (
@@ -851,6 +839,41 @@ fn publish_request(
         "subscribers": published.subscribers,
     });
     Ok((body, fan_out))
+}
+
+/// What a publish's head alone refuses, checked before `as_reader`, which
+/// sends `100 Continue` to a client waiting for it to send the body: the
+/// token, a `Content-Length` over `--max-body`, the query's channel and
+/// event name. Returns the query's fields.
+fn check_publish_head(app: &App, request: &Request, query: &str) -> Result<publish::QueryFields, ApiError> {
+    if let Some(token) = &app.config.publish_token {
+        let given = request_header(request, "Authorization").map(str::trim);
+        let presented = given.and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("Bearer").then(|| rest.trim())
+        });
+        let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
+        if !ok {
+            let message = if given.is_none() {
+                "missing 'Authorization: Bearer <token>' header"
+            } else {
+                "wrong publish token"
+            };
+            let peer = request.remote_addr().copied();
+            log::info!("publish refused peer={}: {message}", peer_text(peer));
+            return Err(ApiError::new(401, message).with_header("WWW-Authenticate", "Bearer"));
+        }
+    }
+    // Framing was checked by `handle` (`framing_error`).
+    if request
+        .body_length()
+        .is_some_and(|length| length > app.config.max_body)
+    {
+        return Err(ApiError::from(PublishError::TooLarge(app.config.max_body)).closing());
+    }
+    let fields = publish::parse_query(query)?;
+    fields.validate()?;
+    Ok(fields)
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

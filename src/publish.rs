@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde_json::error::Category;
 use serde_json::value::RawValue;
 
-use crate::broker::DEFAULT_CHANNEL;
+use crate::broker::{self, BrokerError, DEFAULT_CHANNEL};
 
 /// How long a client may take to send a whole publish body.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
@@ -60,6 +60,8 @@ pub enum PublishError {
     QueryNotUtf8(&'static str),
     /// The server could not get the memory to hold the body.
     OutOfMemory,
+    /// The publish gave an `id`: ids are given by the server.
+    IdGiven,
     /// `channel` or `event` in both the query and the JSON body, with
     /// different values.
     Conflicting {
@@ -105,6 +107,9 @@ impl fmt::Display for PublishError {
             PublishError::QueryNotUtf8(field) => {
                 write!(f, "query parameter '{field}' is not valid UTF-8 once percent-decoded")
             }
+            PublishError::IdGiven => f.write_str(
+                "'id' cannot be given: the server numbers events (growing decimal ids, so that a client's Last-Event-ID means everything after it)",
+            ),
             PublishError::OutOfMemory => {
                 f.write_str("the server has no memory for a body this large now; nothing was published")
             }
@@ -185,22 +190,41 @@ pub fn is_json(content_type: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
-/// Builds the request from the query string, the body and whether it is
-/// JSON. Raw form: `?channel=&event=`, the body is the data. JSON form:
-/// `{"channel", "event", "data"}`, where non-string data is sent as compact
-/// JSON; a field missing from the JSON falls back to the query, and one
-/// given in both must have the same value in each.
+/// What a publish's query string says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryFields {
+    /// `channel=`, percent-decoded.
+    pub channel: Option<String>,
+    /// `event=`, percent-decoded.
+    pub event: Option<String>,
+}
+
+impl QueryFields {
+    /// Checks the channel (the default one when none is given) and event
+    /// name given, before the body is read: a publish refused for them
+    /// is refused before its client is asked for the body.
+    ///
+    /// # Errors
+    /// [`BrokerError`] naming the first problem.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let channel = self.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
+        broker::validate_publish(channel, self.event.as_deref().filter(|e| !e.is_empty()))
+    }
+}
+
+/// Reads `channel=` and `event=` from a publish's query string.
 ///
 /// # Errors
-/// [`PublishError`] saying what is wrong with the body.
-pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, PublishError> {
-    let mut channel = None;
-    let mut event = None;
+/// [`PublishError`] for a field given twice, one that is not UTF-8, or an
+/// `id` (ids are given by the server).
+pub fn parse_query(query: &str) -> Result<QueryFields, PublishError> {
+    let mut fields = QueryFields::default();
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let (field, slot) = match query_decode(key).as_slice() {
-            b"channel" => ("channel", &mut channel),
-            b"event" => ("event", &mut event),
+            b"channel" => ("channel", &mut fields.channel),
+            b"event" => ("event", &mut fields.event),
+            b"id" => return Err(PublishError::IdGiven),
             _ => continue,
         };
         if slot.is_some() {
@@ -209,6 +233,31 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
         let value = String::from_utf8(query_decode(value)).map_err(|_| PublishError::QueryNotUtf8(field))?;
         *slot = Some(value);
     }
+    Ok(fields)
+}
+
+/// Builds the request from the query string, the body and whether it is
+/// JSON ([`parse_query`], then [`parse_body`]).
+///
+/// # Errors
+/// [`PublishError`] saying what is wrong with the query or the body.
+pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, PublishError> {
+    parse_body(parse_query(query)?, json, body)
+}
+
+/// Builds the request from the query's fields, the body and whether it is
+/// JSON. Raw form: `?channel=&event=`, the body is the data. JSON form:
+/// `{"channel", "event", "data"}`, where non-string data is sent as compact
+/// JSON; a field missing from the JSON falls back to the query, and one
+/// given in both must have the same value in each.
+///
+/// # Errors
+/// [`PublishError`] saying what is wrong with the body.
+pub fn parse_body(query: QueryFields, json: bool, body: Vec<u8>) -> Result<PublishRequest, PublishError> {
+    let QueryFields {
+        mut channel,
+        mut event,
+    } = query;
     let text = String::from_utf8(body).map_err(|_| PublishError::NotUtf8)?;
     let data = if json {
         // One pass over the body: each member kept as its own text.
@@ -222,6 +271,9 @@ pub fn parse(query: &str, json: bool, body: Vec<u8>) -> Result<PublishRequest, P
         })?;
         let mut object = HashMap::with_capacity(members.len());
         for (name, value) in members {
+            if name == "id" {
+                return Err(PublishError::IdGiven);
+            }
             if let Some(field) = ["channel", "event", "data"].into_iter().find(|f| *f == name) {
                 if object.contains_key(field) {
                     return Err(PublishError::Repeated(field));
@@ -436,6 +488,21 @@ mod tests {
         let r = parse("channel=a%2Fb&event=new%20item", false, b"x".to_vec()).unwrap();
         assert_eq!(r.channel, "a/b");
         assert_eq!(r.event.as_deref(), Some("new item"));
+    }
+
+    #[test]
+    fn an_id_is_refused_in_the_query_and_in_the_json() {
+        for (query, body) in [
+            ("channel=a&id=5", "{}"),
+            ("", r#"{"channel":"a","id":"5","data":"x"}"#),
+        ] {
+            let error = parse(query, true, body.as_bytes().to_vec()).unwrap_err();
+            assert!(
+                matches!(error, PublishError::IdGiven),
+                "{query} {body}: {error:?}"
+            );
+            assert!(error.to_string().contains("'id' cannot be given"), "{error}");
+        }
     }
 
     #[test]

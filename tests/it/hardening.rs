@@ -262,6 +262,41 @@ fn an_http_1_0_client_gets_no_100_continue() {
 }
 
 #[test]
+fn a_publish_refused_from_its_head_gets_no_100_continue() {
+    // `100 Continue` asks the client for the body; a publish that its head
+    // alone refuses is answered at once, and its connection closed (the
+    // client sends no body after a final answer).
+    let server = TestServer::start(&["--tick-interval", "0", "--publish-token", "t0ken"]);
+    let auth = "Authorization: Bearer t0ken\r\n";
+    for (what, query, headers, status) in [
+        ("no token", "channel=c", "", "401"),
+        ("bad event name", "channel=c&event=a%0Ab", auth, "400"),
+        ("bad channel", "channel=a%20b", auth, "400"),
+        ("an id", "channel=c&id=7", auth, "400"),
+        ("a body over --max-body", "channel=c", auth, "413"),
+    ] {
+        let length = if status == "413" { 1 << 20 } else { 2 };
+        let request = format!(
+            "POST /publish?{query} HTTP/1.1\r\nHost: x\r\n{headers}Expect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+        );
+        let answer = String::from_utf8_lossy(&answer_to(server.addr, request.as_bytes())).to_string();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {answer}"
+        );
+        assert!(!answer.contains("100 Continue"), "{what}: {answer}");
+        assert!(answer.contains("\r\nConnection: close\r\n"), "{what}: {answer}");
+    }
+    let good = format!(
+        "POST /publish?channel=c HTTP/1.1\r\nHost: x\r\n{auth}Expect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    );
+    let answer = String::from_utf8_lossy(&answer_to(server.addr, good.as_bytes())).to_string();
+    assert!(answer.starts_with("HTTP/1.1 100 Continue\r\n"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 1.0);
+}
+
+#[test]
 fn http_2_request_lines_get_505_and_hold_no_thread() {
     let server = TestServer::start(&["--tick-interval", "0"]);
     // Every thread of the server started (it prints its address before).
