@@ -305,7 +305,13 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
             if value.is_empty() {
                 return Err("expected an address such as 127.0.0.1 or 0.0.0.0".into());
             }
-            config.host = value.to_string();
+            // An IPv6 address as URLs write it, `[::1]`, is taken bare.
+            let bare = value.strip_prefix('[').and_then(|v| v.strip_suffix(']'));
+            config.host = match bare {
+                Some(inner) if inner.parse::<std::net::Ipv6Addr>().is_ok() => inner.to_string(),
+                Some(_) => return Err("expected an IPv6 address between the brackets, such as [::1]".into()),
+                None => value.to_string(),
+            };
         }
         "port" => config.port = value.parse().map_err(|_| "expected a port from 0 to 65535")?,
         "tick-interval" => {
@@ -511,6 +517,21 @@ mod tests {
         assert!(run(&["--bogus", "1"], &[]).is_err());
         assert!(run(&["--port"], &[]).is_err());
         assert!(run(&["stray"], &[]).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_host_may_come_in_brackets() {
+        let host = |v: &str| run(&["--host", v], &[]).map(|c| c.host);
+        assert_eq!(host("[::1]"), Ok("::1".into()));
+        assert_eq!(host("::1"), Ok("::1".into()));
+        assert!(host("[localhost]")
+            .unwrap_err()
+            .to_string()
+            .contains("between the brackets"));
+        assert!(run(&["--host", "[::1]"], &[])
+            .unwrap()
+            .exposure_warning()
+            .is_none());
     }
 
     #[test]

@@ -287,9 +287,8 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         Ok(limit) => log::info!("open files limit: {limit}"),
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
     }
-    if let Some(warning) = config.exposure_warning() {
-        log::warn!("{warning}");
-    }
+    // Warned once listening: a host that cannot be bound fails instead.
+    let exposure_warning = config.exposure_warning();
     if fault_signals_ignored() {
         tinysse::server::threads_have_no_signal_stack();
     }
@@ -298,6 +297,9 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     println!("tinysse listening on http://{}", server.local_addr());
     let _ = std::io::stdout().flush();
     log::info!("listening on http://{}", server.local_addr());
+    if let Some(warning) = exposure_warning {
+        log::warn!("{warning}");
+    }
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal} received, stopping");
     }

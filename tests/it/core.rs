@@ -698,6 +698,17 @@ fn bad_option_values_exit_2_with_a_clear_message() {
 }
 
 #[test]
+fn a_host_that_cannot_be_bound_exits_1_without_the_exposure_warning() {
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine: the bind fails
+    // at once. The warning about listening without a token used to come
+    // first, for an address never listened on.
+    let run = run_binary(&["--port", "0", "--host", "192.0.2.1"], &[], 10 * SECOND);
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    assert!(run.stderr.contains("cannot listen on 192.0.2.1:0"), "{run:?}");
+    assert!(!run.stderr.contains("without --publish-token"), "{run:?}");
+}
+
+#[test]
 fn options_come_from_the_environment_too() {
     let server = TestServer::start_with_env(
         &[],
