@@ -270,6 +270,8 @@ struct Subscriber {
     woken: AtomicBool,
     backlog: AtomicUsize,
     dropped: AtomicBool,
+    /// Raised by [`HangUp::hang_up`]: its client closed the connection.
+    hung_up: AtomicBool,
     /// When its next ping is due, in milliseconds since the broker's epoch
     /// (`u64::MAX`: none): [`Broker::wake_due_pings`] wakes it then.
     ping_at_ms: AtomicU64,
@@ -437,6 +439,7 @@ impl Broker {
             woken: AtomicBool::new(false),
             backlog: AtomicUsize::new(0),
             dropped: AtomicBool::new(false),
+            hung_up: AtomicBool::new(false),
             ping_at_ms: AtomicU64::new(u64::MAX),
         });
         let mut registry = lock(&self.registry);
@@ -680,6 +683,26 @@ impl fmt::Debug for Subscription {
     }
 }
 
+/// Ends a subscription's stream from outside, when its client closed the
+/// connection: [`Subscription::is_hung_up`] turns true and the subscriber
+/// is woken.
+#[derive(Clone)]
+pub struct HangUp(Arc<Subscriber>);
+
+impl HangUp {
+    /// Tells the stream its client is gone, and wakes it.
+    pub fn hang_up(&self) {
+        self.0.hung_up.store(true, Ordering::Release);
+        self.0.wake();
+    }
+}
+
+impl fmt::Debug for HangUp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HangUp").finish_non_exhaustive()
+    }
+}
+
 /// The subscriber fell more than `queue_size` events behind and was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lagged;
@@ -736,6 +759,17 @@ impl Subscription {
     /// The id of the last event taken.
     pub fn cursor(&self) -> EventId {
         self.cursor
+    }
+
+    /// What ends this subscription's stream when its client closes the
+    /// connection.
+    pub fn hang_up_handle(&self) -> HangUp {
+        HangUp(Arc::clone(&self.me))
+    }
+
+    /// True once [`HangUp::hang_up`] was called: the client is gone.
+    pub fn is_hung_up(&self) -> bool {
+        self.me.hung_up.load(Ordering::Acquire)
     }
 
     /// True once this subscriber fell more than `queue_size` events behind:

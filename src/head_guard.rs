@@ -88,6 +88,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::broker::HangUp;
 use crate::periodic::Periodic;
 use crate::rss_watch::RssWatch;
 
@@ -129,6 +130,10 @@ const HEAD_BYTES_SLACK: u64 = 64 * 1024;
 /// TCP_ESTABLISHED in `/proc/net/tcp`'s `st` column.
 const ESTABLISHED: u8 = 0x01;
 
+/// TCP_CLOSE_WAIT in `/proc/net/tcp`'s `st` column: the peer closed its
+/// side (sent its FIN), this side is still open.
+const CLOSE_WAIT: u8 = 0x08;
+
 /// The peers whose request heads arrived since the guard last looked (and
 /// when the last one did), shared between the connections' threads (which
 /// write) and
@@ -137,8 +142,9 @@ const ESTABLISHED: u8 = 0x01;
 #[derive(Debug, Default)]
 pub struct HeadLog {
     heads: Mutex<HashMap<SocketAddr, Instant>>,
-    /// Peers of the open streams.
-    streams: Mutex<HashSet<SocketAddr>>,
+    /// Peers of the open streams, with the hang-up of each channel stream
+    /// once it subscribed.
+    streams: Mutex<HashMap<SocketAddr, Option<HangUp>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,7 +162,32 @@ impl HeadLog {
     /// Notes that `peer`'s request opened a stream: its connection is out
     /// of the guard's reach until [`HeadLog::stream_closed`].
     pub fn stream_opened(&self, peer: SocketAddr) {
-        lock(&self.streams).insert(normalize(peer));
+        lock(&self.streams).insert(normalize(peer), None);
+    }
+
+    /// Notes how to end `peer`'s stream when its client closes the
+    /// connection (see [`HeadLog::peer_closed`]).
+    pub fn stream_subscribed(&self, peer: SocketAddr, hang_up: HangUp) {
+        if let Some(slot) = lock(&self.streams).get_mut(&normalize(peer)) {
+            *slot = Some(hang_up);
+        }
+    }
+
+    /// `peer` closed its side of the connection (its FIN came: the socket
+    /// is in CLOSE_WAIT): its channel stream, if it has one, is told to
+    /// end, once. A stream writes to its client and never reads, so
+    /// without this it learnt of the close only when a write failed: after
+    /// its next ping, and the write timeout after that on an idle channel
+    /// (25 s by default), all the while counted as open and as a
+    /// subscriber. A client that only half-closes (shuts its sending
+    /// side, still reading) is ended too, as Go's and nginx's servers end
+    /// it.
+    pub fn peer_closed(&self, peer: SocketAddr) {
+        let hang_up = lock(&self.streams).get_mut(&peer).and_then(Option::take);
+        if let Some(hang_up) = hang_up {
+            log::debug!("the client closed its connection; ending its stream: peer={peer}");
+            hang_up.hang_up();
+        }
     }
 
     /// Notes that `peer`'s stream ended.
@@ -171,7 +202,7 @@ impl HeadLog {
 
     /// True while `peer` has an open stream.
     fn is_stream(&self, peer: SocketAddr) -> bool {
-        lock(&self.streams).contains(&peer)
+        lock(&self.streams).contains_key(&peer)
     }
 
     /// Shuts down, both ways, the connection of every open stream to local
@@ -182,7 +213,7 @@ impl HeadLog {
     /// descriptor's endpoints are read just before its shutdown.
     pub fn shut_down_streams(&self, port: u16) -> usize {
         use nix::sys::socket::{self, Shutdown};
-        let peers = lock(&self.streams).clone();
+        let peers: HashSet<SocketAddr> = lock(&self.streams).keys().copied().collect();
         let mut shut = 0;
         for fd in open_descriptors() {
             let Some((peer, local_port)) = socket_endpoints(fd) else {
@@ -209,6 +240,15 @@ pub struct Seen {
     pub peer: SocketAddr,
 }
 
+/// A connection to the server in a listing of the socket table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// ESTABLISHED.
+    Open(Seen),
+    /// CLOSE_WAIT: the client closed its side; the peer's address.
+    PeerClosed(SocketAddr),
+}
+
 /// An IPv4-mapped IPv6 address as the IPv4 address it maps, so that a
 /// dual-stack socket and tiny_http agree on a peer.
 pub(crate) fn normalize(addr: SocketAddr) -> SocketAddr {
@@ -221,9 +261,9 @@ pub(crate) fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Calls `each` with the ESTABLISHED sockets of `table` (the text of
-/// `/proc/net/tcp` or `/proc/net/tcp6`) whose local port is `port` and
-/// whose inode is not 0. Lines that do not parse are skipped.
+/// Calls `each` with the ESTABLISHED and CLOSE_WAIT sockets of `table`
+/// (the text of `/proc/net/tcp` or `/proc/net/tcp6`) whose local port is
+/// `port` and whose inode is not 0. Lines that do not parse are skipped.
 ///
 /// Addresses are printed by the kernel as 32-bit words in the machine's
 /// byte order (`%08X` of a network-order word), ports in plain hex.
@@ -236,7 +276,7 @@ pub fn parse_table(
     mut table: impl BufRead,
     port: u16,
     line: &mut String,
-    mut each: impl FnMut(Seen),
+    mut each: impl FnMut(Listed),
 ) -> io::Result<()> {
     // The first line is the column header.
     line.clear();
@@ -246,13 +286,13 @@ pub fn parse_table(
         if table.read_line(line)? == 0 {
             return Ok(());
         }
-        if let Some(seen) = parse_line(line.trim_end(), port) {
-            each(seen);
+        if let Some(listed) = parse_line(line.trim_end(), port) {
+            each(listed);
         }
     }
 }
 
-fn parse_line(line: &str, port: u16) -> Option<Seen> {
+fn parse_line(line: &str, port: u16) -> Option<Listed> {
     let mut fields = line.split_whitespace();
     let _slot = fields.next()?;
     let (_, local_port) = parse_endpoint(fields.next()?)?;
@@ -260,7 +300,8 @@ fn parse_line(line: &str, port: u16) -> Option<Seen> {
         return None;
     }
     let (peer_ip, peer_port) = parse_endpoint(fields.next()?)?;
-    if u8::from_str_radix(fields.next()?, 16).ok()? != ESTABLISHED {
+    let state = u8::from_str_radix(fields.next()?, 16).ok()?;
+    if state != ESTABLISHED && state != CLOSE_WAIT {
         return None;
     }
     // tx:rx queues, timer, retransmits, uid, timeout, then the inode.
@@ -268,9 +309,11 @@ fn parse_line(line: &str, port: u16) -> Option<Seen> {
     if inode == 0 {
         return None;
     }
-    Some(Seen {
-        inode,
-        peer: normalize(SocketAddr::new(peer_ip, peer_port)),
+    let peer = normalize(SocketAddr::new(peer_ip, peer_port));
+    Some(if state == CLOSE_WAIT {
+        Listed::PeerClosed(peer)
+    } else {
+        Listed::Open(Seen { inode, peer })
     })
 }
 
@@ -641,8 +684,9 @@ impl Cycle {
     fn list_through_netlink(&mut self, now: Instant, count_bytes: bool) -> bool {
         self.tracker.begin_read();
         let (tracker, log) = (&mut self.tracker, &self.log);
-        match crate::sock_diag::established(self.port, count_bytes, |seen, received| {
-            tracker.observe_received(now, seen, received, |peer| log.is_stream(peer))
+        match crate::sock_diag::connections(self.port, count_bytes, |listed, received| match listed {
+            Listed::Open(seen) => tracker.observe_received(now, seen, received, |peer| log.is_stream(peer)),
+            Listed::PeerClosed(peer) => log.peer_closed(peer),
         }) {
             Ok(()) => true,
             Err(e) if crate::sock_diag::is_transient(&e) => {
@@ -679,7 +723,10 @@ impl Cycle {
                 io::BufReader::with_capacity(TABLE_READ_BUFFER, file),
                 self.port,
                 &mut self.line,
-                |seen| tracker.observe(now, seen, |peer| log.is_stream(peer)),
+                |listed| match listed {
+                    Listed::Open(seen) => tracker.observe(now, seen, |peer| log.is_stream(peer)),
+                    Listed::PeerClosed(peer) => log.peer_closed(peer),
+                },
             );
         }
         read_any
@@ -785,7 +832,12 @@ mod tests {
     /// Parses through a 16-byte buffer, so that lines straddle reads.
     fn parse_text(table: &str, port: u16, out: &mut Vec<Seen>) {
         let reader = io::BufReader::with_capacity(16, table.as_bytes());
-        parse_table(reader, port, &mut String::new(), |seen| out.push(seen)).unwrap();
+        parse_table(reader, port, &mut String::new(), |listed| {
+            if let Listed::Open(seen) = listed {
+                out.push(seen);
+            }
+        })
+        .unwrap();
     }
 
     impl Tracker {
@@ -807,6 +859,29 @@ mod tests {
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn a_socket_whose_client_closed_its_side_is_listed_as_such() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F40 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 2222 1 0000000000000000 20 4 30 10 -1
+   1: 0100007F:1F40 0100007F:D432 08 00000000:00000000 00:00000000 00000000  1000        0 3333 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:D432 0100007F:1F40 05 00000000:00000000 00:00000000 00000000  1000        0 0 1 0000000000000000 20 4 30 10 -1
+";
+        let mut listed = Vec::new();
+        parse_table(table.as_bytes(), 8000, &mut String::new(), |l| listed.push(l)).unwrap();
+        assert_eq!(
+            listed,
+            vec![
+                Listed::Open(Seen {
+                    inode: 2222,
+                    peer: addr("127.0.0.1:54321")
+                }),
+                Listed::PeerClosed(addr("127.0.0.1:54322")),
+            ],
+            "CLOSE_WAIT (08) listed by its peer; the client's FIN_WAIT2 (05) end is another port's"
+        );
     }
 
     #[test]

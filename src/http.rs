@@ -681,7 +681,12 @@ fn stream_source(app: &Arc<App>, writer: &mut TcpStream, params: StreamRequest) 
         (_, id) => id,
     };
     match app.broker.subscribe(&names, last_id) {
-        Ok(subscription) => Some(Source::Channels(subscription)),
+        Ok(subscription) => {
+            if let Some(peer) = peer {
+                app.heads.stream_subscribed(peer, subscription.hang_up_handle());
+            }
+            Some(Source::Channels(subscription))
+        }
         Err(e) => {
             log::info!("stream refused peer={}: {e}", peer_text(peer));
             let head = raw_error_response(&e.into(), http10, app.config.cors_origin.as_deref());

@@ -11,7 +11,7 @@
 //!
 //! Messages (`linux/netlink.h`, `linux/inet_diag.h`) are built and read as
 //! bytes here: a request per address family (`SOCK_DIAG_BY_FAMILY`, dump of
-//! the ESTABLISHED TCP sockets), answered by one `inet_diag_msg` per socket
+//! the ESTABLISHED and CLOSE_WAIT TCP sockets), answered by one `inet_diag_msg` per socket
 //! and a closing `NLMSG_DONE`. Asked for, each socket's `inet_diag_msg` is
 //! followed by its `struct tcp_info` (`INET_DIAG_INFO`, ~4 times the bytes),
 //! of which only the count of bytes received is read.
@@ -33,7 +33,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use crate::head_guard::{normalize, Seen};
+use crate::head_guard::{normalize, Listed, Seen};
 
 const NLMSG_HEADER: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -45,6 +45,8 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_TCP: u8 = 6;
 const TCP_ESTABLISHED: u32 = 1;
+/// The peer closed its side, this side is open.
+const TCP_CLOSE_WAIT: u32 = 8;
 /// `struct inet_diag_msg`, without its attributes.
 const DIAG_MSG: usize = 72;
 /// The attribute carrying a socket's `struct tcp_info`.
@@ -69,17 +71,18 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// 32 KiB; the bound only keeps a misbehaving reply from looping for ever.
 const MAX_DATAGRAMS: usize = 100_000;
 
-/// Calls `each` with the ESTABLISHED TCP sockets, IPv4 and IPv6, whose local
-/// port is `port`; with `bytes_received`, also with how many bytes each has
-/// received since it was opened (`None` when the kernel did not say).
+/// Calls `each` with the ESTABLISHED and CLOSE_WAIT TCP sockets, IPv4 and
+/// IPv6, whose local port is `port`; with `bytes_received`, also with how
+/// many bytes each has received since it was opened (`None` when the kernel
+/// did not say).
 ///
 /// # Errors
 /// When netlink socket diagnostics cannot be used (no such socket family,
 /// not allowed, an error reply or no reply in time).
-pub fn established(
+pub fn connections(
     port: u16,
     bytes_received: bool,
-    mut each: impl FnMut(Seen, Option<u64>),
+    mut each: impl FnMut(Listed, Option<u64>),
 ) -> io::Result<()> {
     let fd = diag_socket()?;
     let kernel = NetlinkAddr::new(0, 0);
@@ -214,7 +217,7 @@ pub fn is_transient(error: &io::Error) -> bool {
         .is_some_and(|code| transient.iter().any(|e| *e as i32 == code))
 }
 
-/// A dump request for the ESTABLISHED TCP sockets of `family`, with their
+/// A dump request for the ESTABLISHED and CLOSE_WAIT TCP sockets of `family`, with their
 /// `tcp_info` when `info`.
 fn request(family: u8, seq: u32, info: bool) -> Vec<u8> {
     let mut message = request_head(NLM_F_REQUEST | NLM_F_DUMP, seq);
@@ -222,7 +225,7 @@ fn request(family: u8, seq: u32, info: bool) -> Vec<u8> {
     // then a zeroed inet_diag_sockid (48 bytes: match any).
     let extensions = if info { 1u8 << (INET_DIAG_INFO - 1) } else { 0 };
     message.extend_from_slice(&[family, IPPROTO_TCP, extensions, 0]);
-    message.extend_from_slice(&(1u32 << TCP_ESTABLISHED).to_ne_bytes());
+    message.extend_from_slice(&((1u32 << TCP_ESTABLISHED) | (1u32 << TCP_CLOSE_WAIT)).to_ne_bytes());
     message.resize(REQUEST_LENGTH, 0);
     message
 }
@@ -330,7 +333,7 @@ fn parse_datagram(
     mut datagram: &[u8],
     seq: u32,
     port: u16,
-    each: &mut impl FnMut(Seen, Option<u64>),
+    each: &mut impl FnMut(Listed, Option<u64>),
 ) -> io::Result<bool> {
     while datagram.len() >= NLMSG_HEADER {
         let length = u32_at(datagram, 0) as usize;
@@ -346,8 +349,11 @@ fn parse_datagram(
                     return Err(io::Error::from_raw_os_error(error_number(payload)));
                 }
                 SOCK_DIAG_BY_FAMILY => {
-                    if let Some(seen) = parse_socket(payload, port) {
-                        each(seen, tcp_info_u64(&payload[DIAG_MSG..], TCP_INFO_BYTES_RECEIVED));
+                    if let Some(listed) = parse_socket(payload, port) {
+                        each(
+                            listed,
+                            tcp_info_u64(&payload[DIAG_MSG..], TCP_INFO_BYTES_RECEIVED),
+                        );
                     }
                 }
                 _ => {}
@@ -361,7 +367,7 @@ fn parse_datagram(
 }
 
 /// One `inet_diag_msg`: the socket if its local port is `port`.
-fn parse_socket(message: &[u8], port: u16) -> Option<Seen> {
+fn parse_socket(message: &[u8], port: u16) -> Option<Listed> {
     if message.len() < DIAG_MSG {
         return None;
     }
@@ -382,10 +388,14 @@ fn parse_socket(message: &[u8], port: u16) -> Option<Seen> {
         _ => return None,
     };
     let inode = u64::from(u32_at(message, 68));
-    (inode != 0).then(|| Seen {
-        inode,
-        peer: normalize(SocketAddr::new(ip, peer_port)),
-    })
+    let peer = normalize(SocketAddr::new(ip, peer_port));
+    if inode == 0 {
+        None
+    } else if u32::from(message[1]) == TCP_CLOSE_WAIT {
+        Some(Listed::PeerClosed(peer))
+    } else {
+        Some(Listed::Open(Seen { inode, peer }))
+    }
 }
 
 /// The `u64` at `offset` of the `tcp_info` in the attributes that follow an
@@ -452,7 +462,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server_side, _) = listener.accept().unwrap();
         let mut seen = Vec::new();
-        match established(port, false, |s, _| seen.push(s)) {
+        match connections(port, false, |s, _| seen.push(s)) {
             Ok(()) => {}
             Err(e) => {
                 // Sandboxes may refuse netlink; the guard then reads
@@ -469,7 +479,10 @@ mod tests {
         .unwrap();
         assert_eq!(seen, listed, "the same sockets, peers and inodes");
         assert_eq!(seen.len(), 1, "the server's end only, not the client's");
-        assert_eq!(seen[0].peer, client.local_addr().unwrap());
+        assert!(
+            matches!(seen[0], Listed::Open(s) if s.peer == client.local_addr().unwrap()),
+            "{seen:?}"
+        );
     }
 
     #[test]
@@ -510,14 +523,20 @@ mod tests {
             6,
             &socket(8000, [10, 0, 0, 4], 5003, 44),
         ));
+        let mut closed = socket(8000, [10, 0, 0, 5], 5004, 45);
+        closed[1] = TCP_CLOSE_WAIT as u8;
+        datagram.extend(message(SOCK_DIAG_BY_FAMILY, 7, &closed));
         let mut seen = Vec::new();
         assert!(!parse_datagram(&datagram, 7, 8000, &mut |s, _| seen.push(s)).unwrap());
         assert_eq!(
             seen,
-            vec![Seen {
-                inode: 42,
-                peer: "10.0.0.1:5000".parse().unwrap()
-            }],
+            vec![
+                Listed::Open(Seen {
+                    inode: 42,
+                    peer: "10.0.0.1:5000".parse().unwrap()
+                }),
+                Listed::PeerClosed("10.0.0.5:5004".parse().unwrap()),
+            ],
             "not: another port, inode 0, another request's reply"
         );
         let done = message(NLMSG_DONE, 7, &0i32.to_ne_bytes());
@@ -544,7 +563,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             received.clear();
-            if let Err(e) = established(port, true, |_, bytes| received.push(bytes)) {
+            if let Err(e) = connections(port, true, |_, bytes| received.push(bytes)) {
                 eprintln!("sock_diag unavailable here ({e}): skipped");
                 return;
             }
@@ -555,7 +574,7 @@ mod tests {
         }
         assert_eq!(received, [Some(5000)]);
         let mut without = Vec::new();
-        established(port, false, |_, bytes| without.push(bytes)).unwrap();
+        connections(port, false, |_, bytes| without.push(bytes)).unwrap();
         assert_eq!(without, [None], "not asked for");
     }
 

@@ -306,6 +306,10 @@ impl Stream {
                 subscription.ping_at(wake_at);
                 subscription.names().for_each(crate::fault::panic_if_requested);
                 loop {
+                    // Its client closed the connection (the head guard saw it).
+                    if subscription.is_hung_up() {
+                        return Ok(CloseReason::ClientLeft);
+                    }
                     // Closed before the drain: the drain then has every event
                     // accepted before the stop.
                     let closing = subscription.is_closed();

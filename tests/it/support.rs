@@ -166,10 +166,11 @@ impl TestServer {
                 std::io::BufReader::new(file),
                 self.addr.port(),
                 &mut String::new(),
-                |seen| {
-                    if seen.peer == client {
-                        inode = Some(seen.inode);
+                |listed| match listed {
+                    tinysse::head_guard::Listed::Open(seen) if seen.peer == client => {
+                        inode = Some(seen.inode)
                     }
+                    _ => {}
                 },
             );
         }
