@@ -696,7 +696,9 @@ impl Cycle {
                 false
             }
             Err(e) => {
-                log::debug!(
+                // Slower at scale, and without byte counts (a head sent
+                // without end is then closed only at its deadline).
+                log::warn!(
                     "socket diagnostics through netlink failed ({e}); reading /proc/net/tcp from now on"
                 );
                 self.netlink = false;
