@@ -9,9 +9,15 @@
 //! and for HTTP/1.0 it reads the whole body before sending anything, which
 //! never happens for an endless stream. So a stream takes its connection
 //! out of tiny_http (`Request::take_connection`, a patch of ours) and
-//! writes its own response head to the socket: no
-//! `Content-Length`, no chunking, `Connection: close`; the body ends when the
-//! connection closes, which HTTP/1.0 and 1.1 clients both accept.
+//! writes its own response head to the socket: no `Content-Length`,
+//! `Connection: close`. To an HTTP/1.1 client the body is chunked, one
+//! chunk per write (a ping, an event, a batch of events), and ends with
+//! the last chunk; to an HTTP/1.0 client it is sent as it is and ends when
+//! the connection closes. (A body that only the close ends is valid
+//! HTTP/1.1 too, but some clients then wait for a buffer's worth of bytes
+//! before they hand anything on: Python's `requests`, iterated as
+//! `sseclient-py` does, held an event back until 128 bytes had come, up to
+//! 45 s of pings later. Each chunk is handed on as it comes.)
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -75,6 +81,9 @@ pub fn response_head(http10: bool, cors_origin: Option<&str>) -> Vec<u8> {
     head.push_str("Content-Type: text/event-stream; charset=utf-8\r\n");
     head.push_str("Cache-Control: no-cache\r\n");
     head.push_str("X-Accel-Buffering: no\r\n");
+    if !http10 {
+        head.push_str("Transfer-Encoding: chunked\r\n");
+    }
     head.push_str("Connection: close\r\n");
     if let Some(origin) = cors_origin {
         head.push_str("Access-Control-Allow-Origin: ");
@@ -104,6 +113,33 @@ pub fn ping_text(now: time::OffsetDateTime) -> String {
 
 /// Events written with one `writev` at most.
 const EVENTS_PER_WRITE: usize = 8;
+
+/// The last chunk of a chunked body, with no trailers.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Writes `size` as a chunk's size line (`1a\r\n`) at the start of `out`;
+/// returns its length.
+fn chunk_size_line(size: usize, out: &mut [u8; 18]) -> usize {
+    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in out[..digits].iter_mut().enumerate() {
+        let nibble = (size >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// `payload` as one chunk of a chunked body.
+pub fn chunk(payload: &[u8]) -> Vec<u8> {
+    let mut size_line = [0u8; 18];
+    let n = chunk_size_line(payload.len(), &mut size_line);
+    let mut out = Vec::with_capacity(n + payload.len() + 2);
+    out.extend_from_slice(&size_line[..n]);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    out
+}
 
 /// Reads of [`DRAIN_CHUNK`] bytes at most when a connection is closed.
 const DRAIN_READS: usize = 128;
@@ -140,46 +176,72 @@ fn ack_watch(socket: &TcpStream, peer: Option<SocketAddr>, write_timeout: Durati
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        if self.chunked {
+            // The body's end, if the socket takes it now: a client whose
+            // reading stopped gets the close alone.
+            let _ = self.socket.set_nonblocking(true);
+            let _ = self.socket.write(LAST_CHUNK);
+        }
         close_connection(&self.socket);
     }
 }
 
-/// Writes `events` (at most [`EVENTS_PER_WRITE`]) with one `writev`, and
-/// what a short write left with plain writes. Out of line: its slices stay
-/// out of the frames a stream waits under.
+/// Writes `parts` (at most [`EVENTS_PER_WRITE`]) with one `writev`, as
+/// one chunk when `chunked`, and what a short write left with plain
+/// writes; returns the bytes written. Out of line: its slices stay out of
+/// the frames a stream waits under.
 #[inline(never)]
-fn write_all_events(socket: &mut TcpStream, events: &[Arc<Event>]) -> io::Result<()> {
-    let mut slices = [IoSlice::new(&[]); EVENTS_PER_WRITE];
-    for (slice, event) in slices.iter_mut().zip(events) {
-        *slice = IoSlice::new(&event.bytes);
+fn write_body<'a>(
+    socket: &mut TcpStream,
+    chunked: bool,
+    parts: impl ExactSizeIterator<Item = &'a [u8]>,
+) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); EVENTS_PER_WRITE + 2];
+    let mut size_line = [0u8; 18];
+    let first = usize::from(chunked);
+    let mut count = first;
+    let mut size = 0;
+    for (slice, part) in slices[first..=EVENTS_PER_WRITE].iter_mut().zip(parts) {
+        *slice = IoSlice::new(part);
+        size += part.len();
+        count += 1;
     }
-    if events.iter().all(|e| e.bytes.is_empty()) {
-        return Ok(());
+    if size == 0 {
+        return Ok(0);
     }
+    if chunked {
+        let n = chunk_size_line(size, &mut size_line);
+        slices[0] = IoSlice::new(&size_line[..n]);
+        slices[count] = IoSlice::new(b"\r\n");
+        count += 1;
+    }
+    let slices = &slices[..count];
     let mut written = loop {
-        match socket.write_vectored(&slices[..events.len()]) {
+        match socket.write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     };
-    for event in events {
-        let length = event.bytes.len();
-        if written >= length {
-            written -= length;
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    for slice in slices {
+        if written >= slice.len() {
+            written -= slice.len();
         } else {
-            socket.write_all(&event.bytes[written..])?;
+            socket.write_all(&slice[written..])?;
             written = 0;
         }
     }
-    Ok(())
+    Ok(total)
 }
 
 /// A stream's connection and what it has sent.
 pub struct Stream {
     socket: TcpStream,
     stats: Arc<Stats>,
+    /// The body is chunked (an HTTP/1.1 client), once the head is sent.
+    chunked: bool,
     /// Bytes written so far, head included.
     bytes_written: u64,
     /// Events written so far.
@@ -193,24 +255,26 @@ impl Stream {
         Stream {
             socket,
             stats,
+            chunked: false,
             bytes_written: 0,
             events_written: 0,
         }
     }
 
+    /// Writes part of the body: a chunk of its own when it is chunked.
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.socket.write_all(bytes)?;
-        self.bytes_written += bytes.len() as u64;
+        let written = write_body(&mut self.socket, self.chunked, std::iter::once(bytes))?;
+        self.bytes_written += written as u64;
         Ok(())
     }
 
     fn send_events(&mut self, events: &[Arc<Event>]) -> io::Result<()> {
-        // Several pending events go out in one `writev`, up to
+        // Several pending events go out in one `writev` (one chunk), up to
         // `EVENTS_PER_WRITE` at a time.
         for batch in events.chunks(EVENTS_PER_WRITE) {
-            write_all_events(&mut self.socket, batch)?;
-            let bytes: usize = batch.iter().map(|e| e.bytes.len()).sum();
-            self.bytes_written += bytes as u64;
+            let parts = batch.iter().map(|e| &e.bytes[..]);
+            let written = write_body(&mut self.socket, self.chunked, parts)?;
+            self.bytes_written += written as u64;
         }
         self.events_written += events.len() as u64;
         self.stats.count_delivered(events.len() as u64);
@@ -261,9 +325,12 @@ impl Stream {
         {
             let mut head = response_head(http10, settings.cors_origin.as_deref());
             if let Some(ms) = settings.retry {
-                head.extend_from_slice(&event::encode_retry(ms));
+                let retry = event::encode_retry(ms);
+                head.extend_from_slice(&if http10 { retry } else { chunk(&retry) });
             }
-            self.send(&head)?;
+            self.socket.write_all(&head)?;
+            self.bytes_written += head.len() as u64;
+            self.chunked = !http10;
         }
 
         let mut pending: Vec<Arc<Event>> = Vec::new();
@@ -380,10 +447,12 @@ mod tests {
         assert_eq!(
             head,
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
-             Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n"
+             Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n"
         );
         let head = String::from_utf8(response_head(true, Some("https://a.example"))).unwrap();
         assert!(head.starts_with("HTTP/1.0 200 OK\r\n"));
+        assert!(!head.contains("Transfer-Encoding"), "HTTP/1.0 has no chunking");
         assert!(head.contains("Access-Control-Allow-Origin: https://a.example\r\n"));
     }
 
@@ -437,6 +506,18 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(run(behind), CloseReason::Slow);
+    }
+
+    #[test]
+    fn chunks_are_framed_with_their_size_in_hex() {
+        assert_eq!(chunk(b"data: x\n\n"), b"9\r\ndata: x\n\n\r\n");
+        assert_eq!(chunk(&[b'a'; 0x1a2]).len(), 5 + 0x1a2 + 2);
+        assert!(chunk(&[b'a'; 0x1a2]).starts_with(b"1a2\r\n"));
+        let mut line = [0u8; 18];
+        let n = chunk_size_line(usize::MAX, &mut line);
+        assert_eq!(&line[..n], b"ffffffffffffffff\r\n");
+        let n = chunk_size_line(16, &mut line);
+        assert_eq!(&line[..n], b"10\r\n");
     }
 
     #[test]

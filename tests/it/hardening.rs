@@ -577,6 +577,10 @@ fn shutdown_delivers_every_accepted_event_to_every_subscriber() {
     server.signal("TERM");
     for (n, subscriber) in subscribers.iter_mut().enumerate() {
         assert!(subscriber.closed_within(LONG), "subscriber {n}: stream not ended");
+        assert!(
+            subscriber.body_ended(),
+            "subscriber {n}: no last chunk before the close"
+        );
         let text = String::from_utf8_lossy(&subscriber.received).into_owned();
         let got: Vec<u64> = text
             .split("\n\n")
@@ -1060,7 +1064,9 @@ fn what_tiny_http_would_answer_behind_a_stream_never_reaches_it() {
     }
     wait_open_streams(&server, streams.len() as u64);
     let id = publish(server.addr, "trailed", "only events");
-    let expected = format!("id: {id}\ndata: only events\n\n");
+    let event = format!("id: {id}\ndata: only events\n\n");
+    // One chunk, the event's.
+    let expected = format!("{:x}\r\n{event}\r\n", event.len());
     for (connection, trailer) in &mut streams {
         let mut received = Vec::new();
         let deadline = Instant::now() + LONG;

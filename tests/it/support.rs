@@ -568,8 +568,84 @@ pub struct SseClient {
     buffer: Vec<u8>,
     /// The response head.
     pub head: String,
-    /// Everything read after the head, byte for byte.
+    /// The body read so far, byte for byte (decoded, when chunked).
     pub received: Vec<u8>,
+    /// The decoder of a chunked body.
+    chunks: Option<Dechunker>,
+}
+
+/// Decodes a chunked body (RFC 9112, 7.1) as its bytes come, strictly: a
+/// framing error fails the test.
+#[derive(Debug, Default)]
+pub struct Dechunker {
+    state: ChunkState,
+    line: Vec<u8>,
+}
+
+#[derive(Debug, Default, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(usize),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl Dechunker {
+    /// Appends the body bytes in `input` to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut input = input;
+        while !input.is_empty() {
+            match self.state {
+                ChunkState::Size | ChunkState::Trailers | ChunkState::DataEnd => {
+                    let byte = input[0];
+                    input = &input[1..];
+                    self.line.push(byte);
+                    if byte != b'\n' {
+                        assert!(self.line.len() < 64, "chunk line too long: {:?}", self.line);
+                        continue;
+                    }
+                    let line = std::mem::take(&mut self.line);
+                    assert!(line.ends_with(b"\r\n"), "chunk line without CRLF: {line:?}");
+                    let text = String::from_utf8_lossy(&line[..line.len() - 2]).into_owned();
+                    self.state = match self.state {
+                        ChunkState::DataEnd => {
+                            assert!(text.is_empty(), "chunk data not followed by CRLF: {text:?}");
+                            ChunkState::Size
+                        }
+                        ChunkState::Trailers if text.is_empty() => ChunkState::Done,
+                        ChunkState::Trailers => ChunkState::Trailers,
+                        _ => {
+                            let size = usize::from_str_radix(&text, 16)
+                                .unwrap_or_else(|_| panic!("bad chunk size line {text:?}"));
+                            if size == 0 {
+                                ChunkState::Trailers
+                            } else {
+                                ChunkState::Data(size)
+                            }
+                        }
+                    };
+                }
+                ChunkState::Data(left) => {
+                    let take = left.min(input.len());
+                    out.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    self.state = if take == left {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left - take)
+                    };
+                }
+                ChunkState::Done => panic!("bytes after the last chunk: {input:?}"),
+            }
+        }
+    }
+
+    /// True once the last chunk and its blank line came.
+    pub fn ended(&self) -> bool {
+        self.state == ChunkState::Done
+    }
 }
 
 impl SseClient {
@@ -626,13 +702,17 @@ impl SseClient {
             buffer: Vec::new(),
             head: String::new(),
             received: Vec::new(),
+            chunks: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(at) = find(&client.buffer, b"\r\n\r\n") {
                 client.head = String::from_utf8_lossy(&client.buffer[..at]).into_owned();
-                client.buffer.drain(..at + 4);
-                client.received = client.buffer.clone();
+                let rest: Vec<u8> = client.buffer.drain(..).skip(at + 4).collect();
+                let chunked = header_in(&client.head, "Transfer-Encoding")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+                client.chunks = chunked.then(Dechunker::default);
+                client.take_body(&rest);
                 break;
             }
             assert!(
@@ -669,13 +749,31 @@ impl SseClient {
         match self.stream.read(&mut chunk) {
             Ok(0) | Err(_) => false,
             Ok(n) => {
-                self.buffer.extend_from_slice(&chunk[..n]);
-                if !self.head.is_empty() {
-                    self.received.extend_from_slice(&chunk[..n]);
+                if self.head.is_empty() {
+                    self.buffer.extend_from_slice(&chunk[..n]);
+                } else {
+                    self.take_body(&chunk[..n]);
                 }
                 true
             }
         }
+    }
+
+    /// Adds bytes read after the head: decoded, when the body is chunked.
+    fn take_body(&mut self, bytes: &[u8]) {
+        let mut body = Vec::new();
+        match &mut self.chunks {
+            Some(chunks) => chunks.feed(bytes, &mut body),
+            None => body.extend_from_slice(bytes),
+        }
+        self.buffer.extend_from_slice(&body);
+        self.received.extend_from_slice(&body);
+    }
+
+    /// True when the body was chunked and its last chunk came: the server
+    /// ended it properly.
+    pub fn body_ended(&self) -> bool {
+        self.chunks.as_ref().is_some_and(Dechunker::ended)
     }
 
     /// The next block (event or comment, without its blank line), raw.
@@ -726,8 +824,7 @@ impl SseClient {
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
         let mut got = Vec::new();
         let closed = read_until_closed(&mut self.stream, timeout, &mut got);
-        self.buffer.extend_from_slice(&got);
-        self.received.extend_from_slice(&got);
+        self.take_body(&got);
         closed
     }
 
