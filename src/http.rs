@@ -775,6 +775,9 @@ fn raw_error_response(error: &ApiError, http10: bool, cors_origin: Option<&str>)
     }
     if let Some(origin) = cors_origin {
         head.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\n"));
+        if origin != "*" {
+            head.push_str("Access-Control-Allow-Credentials: true\r\n");
+        }
     }
     head.push_str("\r\n");
     head.push_str(&body);
@@ -926,6 +929,9 @@ fn json_response(
         .with_header(header("Content-Type", "application/json"));
     if let Some(origin) = cors_origin {
         response.add_header(header("Access-Control-Allow-Origin", origin));
+        if origin != "*" {
+            response.add_header(header("Access-Control-Allow-Credentials", "true"));
+        }
     }
     response
 }
@@ -961,11 +967,16 @@ fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Curso
 /// A CORS preflight's `204`: `origin` may use `methods` with `headers`,
 /// and may cache that for a day.
 fn preflight(origin: &str, methods: &str, headers: &str) -> Response<std::io::Empty> {
-    Response::empty(204)
+    let response = Response::empty(204)
         .with_header(header("Access-Control-Allow-Origin", origin))
         .with_header(header("Access-Control-Allow-Methods", methods))
         .with_header(header("Access-Control-Allow-Headers", headers))
-        .with_header(header("Access-Control-Max-Age", "86400"))
+        .with_header(header("Access-Control-Max-Age", "86400"));
+    if origin == "*" {
+        response
+    } else {
+        response.with_header(header("Access-Control-Allow-Credentials", "true"))
+    }
 }
 
 fn send<R: Read>(request: Request, response: Response<R>) {

@@ -91,6 +91,9 @@ pub fn response_head(http10: bool, cors_origin: Option<&str>) -> Vec<u8> {
         head.push_str("\r\n");
         if origin != "*" {
             head.push_str("Vary: Origin\r\n");
+            // An `EventSource` made `withCredentials` (cookies sent) is
+            // refused without it; browsers never allow it with `*`.
+            head.push_str("Access-Control-Allow-Credentials: true\r\n");
         }
     }
     head.push_str("\r\n");

@@ -85,6 +85,13 @@ fn origin_is_allowed_on_streams_and_json_answers() {
         "{}",
         events.head
     );
+    // `new EventSource(url, {withCredentials: true})` needs it.
+    assert_eq!(
+        events.header("Access-Control-Allow-Credentials").as_deref(),
+        Some("true"),
+        "{}",
+        events.head
+    );
     let demo = SseClient::connect(addr, "/", &origin);
     assert_eq!(
         demo.header("Access-Control-Allow-Origin").as_deref(),
@@ -98,6 +105,12 @@ fn origin_is_allowed_on_streams_and_json_answers() {
     assert_eq!(
         published.header("Access-Control-Allow-Origin").as_deref(),
         Some(ORIGIN),
+        "{}",
+        published.head
+    );
+    assert_eq!(
+        published.header("Access-Control-Allow-Credentials").as_deref(),
+        Some("true"),
         "{}",
         published.head
     );
@@ -229,8 +242,15 @@ fn any_origin_with_a_star() {
         "{}",
         stream.head
     );
-    // The same answer for every origin: nothing to vary on.
+    // The same answer for every origin: nothing to vary on; and no
+    // credentials, which browsers never allow with `*`.
     assert_eq!(stream.header("Vary"), None, "{}", stream.head);
+    assert_eq!(
+        stream.header("Access-Control-Allow-Credentials"),
+        None,
+        "{}",
+        stream.head
+    );
     let published = http(addr, "POST", "/publish", &[("Origin", ORIGIN)], b"x");
     assert_eq!(
         published.header("Access-Control-Allow-Origin").as_deref(),
