@@ -854,6 +854,17 @@ fn publish_request(
 /// token, a `Content-Length` over `--max-body`, the query's channel and
 /// event name. Returns the query's fields.
 fn check_publish_head(app: &App, request: &Request, query: &str) -> Result<publish::QueryFields, ApiError> {
+    if let Some(origin) = request_header(request, "Origin") {
+        let host = request_header(request, "Host");
+        if !origin_may_publish(origin, host, app.config.cors_origin.as_deref()) {
+            let message = format!(
+                "a page from {origin} may not publish here: only this server's own pages and the origin of --cors-origin may"
+            );
+            let peer = request.remote_addr().copied();
+            log::info!("publish refused peer={}: {message}", peer_text(peer));
+            return Err(ApiError::new(403, message));
+        }
+    }
     if let Some(token) = &app.config.publish_token {
         let given = request_header(request, "Authorization").map(str::trim);
         let presented = given.and_then(|v| {
@@ -882,6 +893,36 @@ fn check_publish_head(app: &App, request: &Request, query: &str) -> Result<publi
     let fields = publish::parse_query(query)?;
     fields.validate()?;
     Ok(fields)
+}
+
+/// True when a browser page of `origin` (its `Origin` header) may publish:
+/// `--cors-origin` allows it (`*`, or that origin), or it is one of this
+/// server's own pages (`/demo`): its host, and its port where the `Host`
+/// header has one (a proxy may pass the host alone), are the `Host` the
+/// request was sent to. Without this any web page a user opens could
+/// publish, without a token, to a server the browser reaches (a "simple"
+/// cross-origin POST needs no preflight; CORS only hides the answer).
+fn origin_may_publish(origin: &str, host: Option<&str>, allowed: Option<&str>) -> bool {
+    if allowed.is_some_and(|a| a == "*" || a == origin) {
+        return true;
+    }
+    let (Some(authority), Some(host)) = (origin.split_once("://").map(|(_, a)| a), host) else {
+        return false;
+    };
+    let host = host.trim();
+    if authority.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    // `Host: example.com` from a proxy, for a page of example.com:8443.
+    without_port(host) == host && without_port(authority).eq_ignore_ascii_case(host)
+}
+
+/// `host[:port]` without its port (`[::1]:80` -> `[::1]`).
+fn without_port(authority: &str) -> &str {
+    match authority.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => authority,
+    }
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -1006,6 +1047,40 @@ fn note_unsent(sent: std::io::Result<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_may_publish_from_this_server_or_the_cors_origin() {
+        let may = |origin, host, allowed| origin_may_publish(origin, host, allowed);
+        // This server's own page (/demo), directly or behind a proxy that
+        // passes the host alone.
+        assert!(may("http://127.0.0.1:8000", Some("127.0.0.1:8000"), None));
+        assert!(may("http://LOCALHOST:8000", Some("localhost:8000"), None));
+        assert!(may("https://example.com", Some("example.com"), None));
+        assert!(may("https://example.com:8443", Some("example.com"), None));
+        assert!(may("http://[::1]:8000", Some("[::1]:8000"), None));
+        // Another port of the same host, another host, no host.
+        assert!(!may("http://localhost:3000", Some("localhost:8000"), None));
+        assert!(!may("https://evil.example", Some("example.com"), None));
+        assert!(!may(
+            "https://example.com.evil.example",
+            Some("example.com"),
+            None
+        ));
+        assert!(!may("null", Some("example.com"), None));
+        assert!(!may("http://127.0.0.1:8000", None, None));
+        // --cors-origin.
+        assert!(may(
+            "https://app.example",
+            Some("example.com"),
+            Some("https://app.example")
+        ));
+        assert!(!may(
+            "https://other.example",
+            Some("example.com"),
+            Some("https://app.example")
+        ));
+        assert!(may("null", Some("example.com"), Some("*")));
+    }
 
     #[test]
     fn escaped_unreserved_characters_are_decoded_in_paths() {

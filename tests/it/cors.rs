@@ -351,3 +351,40 @@ fn an_origin_with_a_path_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_page_of_another_origin_cannot_publish_unless_allowed() {
+    // A "simple" cross-origin POST (text/plain) needs no preflight: without
+    // this check any page a user opened could publish to a server the
+    // browser reaches. curl and other programs send no Origin.
+    let server = TestServer::start(&[]);
+    let addr = server.addr;
+    let from = |origin: &str| http(addr, "POST", "/publish?channel=news", &[("Origin", origin)], b"x");
+    let foreign = from("https://evil.example");
+    assert_eq!(foreign.status, 403, "{foreign:?}");
+    assert!(
+        foreign.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--cors-origin"),
+        "{foreign:?}"
+    );
+    // This server's own page (/demo): the Host the request was sent to.
+    assert_eq!(from(&format!("http://{addr}")).status, 200);
+    assert_eq!(http(addr, "POST", "/publish?channel=news", &[], b"x").status, 200);
+    assert_eq!(metric(addr, "tinysse_events_published_total"), 2.0);
+
+    let allowed = TestServer::start(&["--cors-origin", ORIGIN]);
+    let from = |origin: &str| {
+        http(
+            allowed.addr,
+            "POST",
+            "/publish?channel=news",
+            &[("Origin", origin)],
+            b"x",
+        )
+        .status
+    };
+    assert_eq!(from(ORIGIN), 200);
+    assert_eq!(from("https://evil.example"), 403);
+}
