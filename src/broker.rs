@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::Thread;
@@ -272,12 +273,27 @@ struct Subscriber {
     dropped: AtomicBool,
     /// Raised by [`HangUp::hang_up`]: its client closed the connection.
     hung_up: AtomicBool,
+    /// The descriptor of its stream's connection while the stream may
+    /// write to it ([`Subscription::attach_connection`]): shut down when the
+    /// subscriber is dropped for being slow, so that a write blocked on a
+    /// client that reads nothing fails at once, not after the write
+    /// timeout. Under a lock that the stream's detach also takes, so that a
+    /// descriptor closed (and its number reused) is never shut down.
+    connection: Mutex<Option<RawFd>>,
     /// When its next ping is due, in milliseconds since the broker's epoch
     /// (`u64::MAX`: none): [`Broker::wake_due_pings`] wakes it then.
     ping_at_ms: AtomicU64,
 }
 
 impl Subscriber {
+    /// Shuts its stream's connection down both ways, if one is attached.
+    #[cold]
+    fn cut_connection(&self) {
+        if let Some(fd) = *lock(&self.connection) {
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+    }
+
     fn wake(&self) {
         if !self.woken.swap(true, Ordering::AcqRel) {
             self.thread.unpark();
@@ -440,6 +456,7 @@ impl Broker {
             backlog: AtomicUsize::new(0),
             dropped: AtomicBool::new(false),
             hung_up: AtomicBool::new(false),
+            connection: Mutex::new(None),
             ping_at_ms: AtomicU64::new(u64::MAX),
         });
         let mut registry = lock(&self.registry);
@@ -648,8 +665,8 @@ fn fan_out(channels_rx: Receiver<Arc<Channel>>, queue_size: usize) {
             subscribers.extend(lock(&channel.members).iter().cloned());
             for subscriber in &subscribers {
                 let backlog = subscriber.backlog.fetch_add(*count, Ordering::AcqRel) + count;
-                if backlog > queue_size {
-                    subscriber.dropped.store(true, Ordering::Release);
+                if backlog > queue_size && !subscriber.dropped.swap(true, Ordering::AcqRel) {
+                    subscriber.cut_connection();
                 }
                 subscriber.wake();
             }
@@ -767,6 +784,22 @@ impl Subscription {
         HangUp(Arc::clone(&self.me))
     }
 
+    /// Gives the descriptor of the stream's connection, to be shut down if
+    /// this subscriber is dropped for being slow; [`Subscription::detach_connection`]
+    /// must come before the descriptor is closed.
+    pub fn attach_connection(&self, fd: RawFd) {
+        *lock(&self.me.connection) = Some(fd);
+        // Dropped before it was attached: cut now.
+        if self.me.dropped.load(Ordering::Acquire) {
+            self.me.cut_connection();
+        }
+    }
+
+    /// Takes back the descriptor given to [`Subscription::attach_connection`].
+    pub fn detach_connection(&self) {
+        *lock(&self.me.connection) = None;
+    }
+
     /// True once [`HangUp::hang_up`] was called: the client is gone.
     pub fn is_hung_up(&self) -> bool {
         self.me.hung_up.load(Ordering::Acquire)
@@ -823,6 +856,8 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        // The fan-out thread may still hold the subscriber a while.
+        self.detach_connection();
         let history = self.broker.config.history;
         lock(&self.broker.registry).leave(&self.me, &self.channels, history);
     }

@@ -13,6 +13,7 @@
 
 use std::io::{Cursor, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -616,6 +617,10 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
     };
     let opened = Instant::now();
     log_opened(app, peer, demo, &source);
+    if let Source::Channels(subscription) = &source {
+        // Cut by the fan-out if the subscriber is dropped for being slow.
+        subscription.attach_connection(writer.as_raw_fd());
+    }
     let mut stream = Stream::new(writer, Arc::clone(&app.stats));
     let reason = catch_unwind(AssertUnwindSafe(|| {
         stream.run(http10, peer, &mut source, &app.stream_settings, &app.shutdown_rx)
@@ -624,6 +629,9 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
         log::error!("stream of {} panicked; closing it", peer_text(peer));
         CloseReason::Error
     });
+    if let Source::Channels(subscription) = &source {
+        subscription.detach_connection();
+    }
     // A write that failed because the stop cut the connection.
     let reason = match reason {
         CloseReason::ClientLeft if app.streams_were_cut() => CloseReason::Shutdown,

@@ -279,15 +279,9 @@ fn a_slow_subscriber_drop_is_counted() {
         publish(addr, "slow", &format!("late {i}"));
         published += 1;
     }
-    if stuck {
-        assert!(
-            server.stream_blocked_in_write(),
-            "the write came unstuck although the client reads nothing"
-        );
-    }
 
-    // Now the client reads: the server finishes the write, finds the
-    // subscriber dropped and closes the stream.
+    // Dropped, the subscriber's connection was cut (its blocked write
+    // failed at once): the client reads what it was sent, then the end.
     assert!(
         slow.closed_within(Duration::from_secs(60)),
         "the slow stream was not closed; logs:\n{}",
@@ -339,4 +333,49 @@ fn a_slow_subscriber_drop_is_counted() {
             .any(|l| l.contains("stream closed") && l.contains(&format!("events={received} reason=slow"))),
         "no 'reason=slow' close line with events={received}:\n{logs}"
     );
+}
+
+#[test]
+fn a_dropped_subscriber_that_reads_nothing_is_closed_at_once_not_after_the_write_timeout() {
+    // Its stream's thread is blocked in a write to a client that reads
+    // nothing. The subscriber is dropped once it is --queue-size events
+    // behind; its connection is then cut, so the blocked write fails now
+    // rather than after --write-timeout (two minutes here).
+    let server = TestServer::start(&[
+        "--queue-size",
+        "4",
+        "--history",
+        "4",
+        "--write-timeout",
+        "120s",
+        "--ping-interval",
+        "600s",
+        "--log",
+        "info",
+    ]);
+    let addr = server.addr;
+    let slow = SseClient::connect_with_receive_buffer(addr, "/events?channel=stuck", &[], 4096);
+    let peer = slow.socket().local_addr().unwrap().to_string();
+    let big = "x".repeat(60_000);
+    let mut published = 0;
+    while published < 3000 && !server.stream_blocked_in_write() && open_streams(addr) == 1 {
+        publish(addr, "stuck", &big);
+        published += 1;
+    }
+    for i in 0..10 {
+        publish(addr, "stuck", &format!("more {i}"));
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || open_streams(addr) == 0),
+        "the dropped stream is still open; logs:\n{}",
+        server.logs()
+    );
+    let logs = server.logs();
+    let closed = logs
+        .lines()
+        .find(|l| l.contains("stream closed") && l.contains(&format!(" peer={peer} ")))
+        .unwrap_or_else(|| panic!("no close line for {peer}:\n{logs}"));
+    assert!(closed.contains("reason=slow"), "{closed}");
+    assert_eq!(metric(addr, "tinysse_slow_subscribers_dropped_total"), 1.0);
+    drop(slow);
 }
