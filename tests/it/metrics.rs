@@ -237,11 +237,10 @@ fn counts_match_known_traffic() {
     drop((on_a, on_ab, demo));
 }
 
-#[test]
-fn a_slow_subscriber_drop_is_counted() {
-    // A small queue, a long write timeout (so the stuck write does not end
-    // the stream first) and no pings (so only events are written).
-    let server = TestServer::start(&[
+/// A server with a small queue, a long write timeout (so a stuck write
+/// does not end a stream first) and no pings (so only events are written).
+fn slow_drop_server() -> TestServer {
+    TestServer::start(&[
         "--queue-size",
         "4",
         "--history",
@@ -252,7 +251,14 @@ fn a_slow_subscriber_drop_is_counted() {
         "600s",
         "--log",
         "info",
-    ]);
+    ])
+}
+
+#[test]
+fn a_slow_subscriber_drop_is_counted() {
+    // A small queue, a long write timeout (so the stuck write does not end
+    // the stream first) and no pings (so only events are written).
+    let server = slow_drop_server();
     let addr = server.addr;
     let mut slow = SseClient::connect(addr, "/events?channel=slow", &[]);
 
@@ -341,18 +347,7 @@ fn a_dropped_subscriber_that_reads_nothing_is_closed_at_once_not_after_the_write
     // nothing. The subscriber is dropped once it is --queue-size events
     // behind; its connection is then cut, so the blocked write fails now
     // rather than after --write-timeout (two minutes here).
-    let server = TestServer::start(&[
-        "--queue-size",
-        "4",
-        "--history",
-        "4",
-        "--write-timeout",
-        "120s",
-        "--ping-interval",
-        "600s",
-        "--log",
-        "info",
-    ]);
+    let server = slow_drop_server();
     let addr = server.addr;
     let slow = SseClient::connect_with_receive_buffer(addr, "/events?channel=stuck", &[], 4096);
     let peer = slow.socket().local_addr().unwrap().to_string();
