@@ -704,13 +704,34 @@ impl fmt::Debug for Subscription {
 /// connection: [`Subscription::is_hung_up`] turns true and the subscriber
 /// is woken.
 #[derive(Clone)]
-pub struct HangUp(Arc<Subscriber>);
+pub struct HangUp(HangUpTarget);
+
+#[derive(Clone)]
+enum HangUpTarget {
+    /// A channel stream's subscriber.
+    Subscriber(Arc<Subscriber>),
+    /// A demo stream's signal, which its `select!` waits on.
+    Signal(Sender<()>),
+}
 
 impl HangUp {
+    /// A hang-up sent on `signal` (a demo stream's, which has no
+    /// subscription).
+    pub fn signal(signal: Sender<()>) -> HangUp {
+        HangUp(HangUpTarget::Signal(signal))
+    }
+
     /// Tells the stream its client is gone, and wakes it.
     pub fn hang_up(&self) {
-        self.0.hung_up.store(true, Ordering::Release);
-        self.0.wake();
+        match &self.0 {
+            HangUpTarget::Subscriber(subscriber) => {
+                subscriber.hung_up.store(true, Ordering::Release);
+                subscriber.wake();
+            }
+            HangUpTarget::Signal(signal) => {
+                let _ = signal.try_send(());
+            }
+        }
     }
 }
 
@@ -781,7 +802,7 @@ impl Subscription {
     /// What ends this subscription's stream when its client closes the
     /// connection.
     pub fn hang_up_handle(&self) -> HangUp {
-        HangUp(Arc::clone(&self.me))
+        HangUp(HangUpTarget::Subscriber(Arc::clone(&self.me)))
     }
 
     /// Gives the descriptor of the stream's connection, to be shut down if

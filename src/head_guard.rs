@@ -174,8 +174,8 @@ impl HeadLog {
     }
 
     /// `peer` closed its side of the connection (its FIN came: the socket
-    /// is in CLOSE_WAIT): its channel stream, if it has one, is told to
-    /// end, once. A stream writes to its client and never reads, so
+    /// is in CLOSE_WAIT): its stream, if it has one, is told to end,
+    /// once. A stream writes to its client and never reads, so
     /// without this it learnt of the close only when a write failed: after
     /// its next ping, and the write timeout after that on an idle channel
     /// (25 s by default), all the while counted as open and as a

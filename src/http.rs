@@ -22,7 +22,7 @@ use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, TakenConnection};
 
 use crate::acceptor::{Acceptor, Next};
-use crate::broker::{self, BrokerError, EventId, PendingFanOut};
+use crate::broker::{self, BrokerError, EventId, HangUp, PendingFanOut};
 use crate::keep_alive;
 use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
@@ -663,10 +663,19 @@ fn stream_source(app: &Arc<App>, writer: &mut TcpStream, params: StreamRequest) 
         peer,
     } = params;
     if demo {
+        let hung_up = match peer {
+            Some(peer) => {
+                let (signal, hung_up) = crossbeam_channel::bounded(1);
+                app.heads.stream_subscribed(peer, HangUp::signal(signal));
+                hung_up
+            }
+            None => crossbeam_channel::never(),
+        };
         let source = Source::Demo {
             // The largest id has no next one: the count starts again.
             first_id: last_id.and_then(|id| id.checked_add(1)).unwrap_or(1),
             every: app.config.tick_interval,
+            hung_up,
         };
         return Some(source);
     }

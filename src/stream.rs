@@ -42,6 +42,9 @@ pub enum Source {
         first_id: u64,
         /// Interval of the ticker.
         every: Option<Duration>,
+        /// Ready once its client closed the connection (a `HangUp` of
+        /// the head guard's); `never()` when nothing will send it.
+        hung_up: Receiver<()>,
     },
     /// Published events of the subscribed channels.
     Channels(Subscription),
@@ -338,7 +341,11 @@ impl Stream {
 
         let mut pending: Vec<Arc<Event>> = Vec::new();
         match source {
-            Source::Demo { first_id, every } => {
+            Source::Demo {
+                first_id,
+                every,
+                hung_up,
+            } => {
                 let ping = tick(settings.ping_interval);
                 let ticker = every.map_or_else(never, tick);
                 let mut next_id = *first_id;
@@ -359,6 +366,11 @@ impl Stream {
                         }
                         recv(ping) -> _ => self.send_ping(ack)?,
                         recv(shutdown_rx) -> _ => return Ok(CloseReason::Shutdown),
+                        recv(hung_up) -> signal => match signal {
+                            Ok(()) => return Ok(CloseReason::ClientLeft),
+                            // Its sender went without a word: wait no more.
+                            Err(_) => *hung_up = never(),
+                        },
                     }
                 }
             }
