@@ -361,3 +361,42 @@ fn demo_page_fits_a_phone_and_a_desktop() {
         }
     }
 }
+
+#[test]
+fn demo_page_says_why_its_stream_is_refused_and_retries_only_when_that_can_help() {
+    let Some(mut browser) =
+        Browser::launch("demo_page_says_why_its_stream_is_refused_and_retries_only_when_that_can_help")
+    else {
+        return;
+    };
+    let server = TestServer::start(&["--max-connections", "1", "--tick-interval", "0"]);
+    let wait = Duration::from_secs(30);
+
+    // A channel name the server refuses: 400, which asking again cannot
+    // change. The page says so, and stays refused.
+    browser.call(
+        json!({"cmd": "open", "url": server.url("/demo?channel=no%20spaces")}),
+        Duration::from_secs(60),
+    );
+    let page = browser.wait_state("refused", wait);
+    let text = page["stateText"].as_str().unwrap_or_default().to_string();
+    assert!(text.starts_with("refused: 400: "), "{page:#}");
+    assert!(text.contains("channel"), "{page:#}");
+
+    // The server full (one stream allowed, held here): 503, retried until
+    // the slot is free.
+    let holder = SseClient::connect(server.addr, "/events?channel=held", &[]);
+    assert!(wait_until(wait, || open_streams(server.addr) == 1));
+    browser.call(
+        json!({"cmd": "open", "url": server.url("/demo?channel=later")}),
+        Duration::from_secs(60),
+    );
+    let page = browser.wait_state("closed", wait);
+    let text = page["stateText"].as_str().unwrap_or_default().to_string();
+    assert!(text.starts_with("closed: 503: "), "{page:#}");
+    assert!(text.ends_with("trying again in 5 s"), "{page:#}");
+    drop(holder);
+    browser.wait_state("open", wait);
+    publish(server.addr, "later", "came through");
+    browser.wait_event("came through", wait);
+}
