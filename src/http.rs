@@ -22,8 +22,9 @@ use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, TakenConnection};
 
 use crate::acceptor::{Acceptor, Next};
-use crate::broker::{self, BrokerError, EventId, HangUp, PendingFanOut};
+use crate::broker::{self, BrokerError, HangUp, PendingFanOut};
 use crate::keep_alive;
+use crate::last_event_id::DecimalId;
 use crate::publish::{self, PublishError};
 use crate::redis_bus::BusError;
 use crate::server::App;
@@ -477,7 +478,7 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
 
 /// The `Last-Event-ID` of a request: the header, else `?lastEventId=`.
 /// Anything but a decimal id is ignored, as if none was sent.
-fn last_event_id(request: &Request, query: &str) -> Option<EventId> {
+fn last_event_id(request: &Request, query: &str) -> Option<DecimalId> {
     let from_header = request_header(request, "Last-Event-ID").map(|v| v.trim().to_string());
     let from_query = || {
         form_urlencoded::parse(query.as_bytes())
@@ -485,19 +486,16 @@ fn last_event_id(request: &Request, query: &str) -> Option<EventId> {
             .map(|(_, v)| v.trim().to_string())
     };
     // The header first; one that is empty or not an id leaves the query's.
-    [from_header, from_query()]
-        .into_iter()
-        .flatten()
-        .find_map(|raw| match raw.parse() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                log::debug!(
-                    "ignoring Last-Event-ID '{}': not a decimal id",
-                    raw.escape_default()
-                );
-                None
-            }
-        })
+    [from_header, from_query()].into_iter().flatten().find_map(|raw| {
+        let id = DecimalId::parse(&raw);
+        if id.is_none() {
+            log::debug!(
+                "ignoring Last-Event-ID '{}': not a decimal id",
+                raw.escape_default()
+            );
+        }
+        id
+    })
 }
 
 /// What a stream's thread is handed once it exists.
@@ -513,7 +511,7 @@ struct StreamStart {
 struct StreamRequest {
     demo: bool,
     channels: Vec<String>,
-    last_id: Option<EventId>,
+    last_id: Option<DecimalId>,
     http10: bool,
     peer: Option<SocketAddr>,
 }
@@ -672,13 +670,14 @@ fn stream_source(app: &Arc<App>, writer: &mut TcpStream, params: StreamRequest) 
             None => crossbeam_channel::never(),
         };
         let source = Source::Demo {
-            // The largest id has no next one: the count starts again.
-            first_id: last_id.and_then(|id| id.checked_add(1)).unwrap_or(1),
+            first_id: last_id.map_or_else(DecimalId::one, DecimalId::next),
             every: app.config.tick_interval,
             hung_up,
         };
         return Some(source);
     }
+    // An id too large for any of ours is no id of ours: ignored.
+    let last_id = last_id.and_then(|id| id.to_event_id());
     if let (Some(bus), Some(after)) = (&app.redis, last_id) {
         bus.backfill(&names, after);
     }

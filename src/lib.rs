@@ -16,6 +16,7 @@
 //! Modules, each with one job:
 //! - [`config`]: options and environment to a validated [`Config`];
 //! - [`event`]: the SSE wire format;
+//! - [`last_event_id`]: ids as clients send them back;
 //! - [`broker`]: channels, history, subscribers, ids;
 //! - [`stream`]: one stream's life;
 //! - [`http`]: dispatching and answering requests;
@@ -44,6 +45,7 @@ pub mod framing;
 pub mod head_guard;
 pub mod http;
 pub mod keep_alive;
+pub mod last_event_id;
 pub mod listener;
 pub mod logger;
 pub mod metrics;

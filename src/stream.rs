@@ -29,6 +29,7 @@ use crossbeam_channel::{at, never, select, tick, Receiver};
 use crate::ack_watch::AckWatch;
 use crate::broker::{Event, Lagged, Subscription};
 use crate::event;
+use crate::last_event_id::DecimalId;
 use crate::stats::{CloseReason, Stats};
 
 /// What a stream sends besides pings.
@@ -39,7 +40,7 @@ pub enum Source {
     /// no events, only pings).
     Demo {
         /// Id of the first event.
-        first_id: u64,
+        first_id: DecimalId,
         /// Interval of the ticker.
         every: Option<Duration>,
         /// Ready once its client closed the connection (a `HangUp` of
@@ -348,7 +349,7 @@ impl Stream {
             } => {
                 let ping = tick(settings.ping_interval);
                 let ticker = every.map_or_else(never, tick);
-                let mut next_id = *first_id;
+                let next_id = first_id;
                 if every.is_some() {
                     self.send_demo_event(next_id)?;
                 }
@@ -359,9 +360,7 @@ impl Stream {
                     select! {
                         recv(check) -> _ => ack.check(Instant::now())?,
                         recv(ticker) -> _ => {
-                            // After the largest id, the count starts again
-                            // at 1 rather than wrapping to 0.
-                            next_id = next_id.checked_add(1).unwrap_or(1);
+                            next_id.increment();
                             self.send_demo_event(next_id)?;
                         }
                         recv(ping) -> _ => self.send_ping(ack)?,
@@ -421,8 +420,8 @@ impl Stream {
         }
     }
 
-    fn send_demo_event(&mut self, id: u64) -> io::Result<()> {
-        let bytes = event::encode_event(Some(&id.to_string()), Some("new_message"), "message_content")
+    fn send_demo_event(&mut self, id: &DecimalId) -> io::Result<()> {
+        let bytes = event::encode_event(Some(id.as_str()), Some("new_message"), "message_content")
             .expect("the demo event's fields are valid");
         self.send(&bytes)?;
         self.events_written += 1;

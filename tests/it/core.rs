@@ -167,26 +167,36 @@ fn last_event_id_continues_the_count() {
 }
 
 #[test]
-fn the_count_never_wraps_at_the_largest_id() {
+fn the_count_goes_on_past_the_largest_integer_and_odd_ids_start_it_again() {
     let server = TestServer::start(&["--tick-interval", "100ms", "--ping-interval", "1m"]);
-    let max = u64::MAX;
-    // The largest id has no next: the count starts again at 1.
-    let mut at_max = SseClient::connect(server.addr, "/", &[("Last-Event-ID", &max.to_string())]);
-    let ids: Vec<u64> = at_max
-        .events(2, 10 * SECOND)
-        .iter()
-        .map(SseEvent::id_number)
-        .collect();
-    assert_eq!(ids, [1, 2]);
-    // One below it: the largest id, then 1 again (never 0).
-    let below = (max - 1).to_string();
-    let mut near = SseClient::connect(server.addr, "/", &[("Last-Event-ID", &below)]);
-    let ids: Vec<u64> = near
-        .events(3, 10 * SECOND)
-        .iter()
-        .map(SseEvent::id_number)
-        .collect();
-    assert_eq!(ids, [max, 1, 2]);
+    let ids = |last_event_id: &str, count: usize| -> Vec<String> {
+        let mut client = SseClient::connect(server.addr, "/", &[("Last-Event-ID", last_event_id)]);
+        client
+            .events(count, 10 * SECOND)
+            .into_iter()
+            .map(|event| event.id.unwrap_or_default())
+            .collect()
+    };
+    // n + 1 for every n: no largest id, no wrap.
+    let below = (u64::MAX - 1).to_string();
+    assert_eq!(
+        ids(&below, 3),
+        [
+            u64::MAX.to_string(),
+            "18446744073709551616".into(),
+            "18446744073709551617".into()
+        ]
+    );
+    assert_eq!(
+        ids("99999999999999999999999999999999", 1),
+        ["100000000000000000000000000000000"]
+    );
+    // Leading zeros are the same number.
+    assert_eq!(ids("0041", 1), ["42"]);
+    // Not a decimal number: the count starts at 1.
+    for odd in ["-5", "+5", "abc", "4 2", &"9".repeat(65)] {
+        assert_eq!(ids(odd, 1), ["1"], "Last-Event-ID {odd:?}");
+    }
 }
 
 #[test]
