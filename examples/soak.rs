@@ -372,8 +372,7 @@ fn publish(addr: SocketAddr, channel: usize, body: &str) -> Option<u64> {
     if !answer.starts_with("HTTP/1.1 200") {
         return None;
     }
-    let at = answer.find("\"id\":\"")? + 6;
-    answer[at..].split('"').next()?.parse().ok()
+    json_member(&answer, "id")?.as_str()?.parse().ok()
 }
 
 fn open_streams(addr: SocketAddr) -> Option<u64> {
@@ -384,8 +383,14 @@ fn open_streams(addr: SocketAddr) -> Option<u64> {
         .ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
-    let at = answer.find("\"open_streams\":")? + 15;
-    answer[at..].split([',', '}']).next()?.trim().parse().ok()
+    json_member(&answer, "open_streams")?.as_u64()
+}
+
+/// Member `key` of the JSON body of the whole answer `answer`.
+fn json_member(answer: &str, key: &str) -> Option<serde_json::Value> {
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    let mut body: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some(body.get_mut(key)?.take())
 }
 
 /// A small deterministic generator, so runs are comparable.

@@ -18,11 +18,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tiny_http::{Header, Method, Request, Response, TakenConnection};
 
 use crate::acceptor::{Acceptor, Next};
 use crate::broker::{self, BrokerError, HangUp, PendingFanOut};
+use crate::json_text::JsonObject;
 use crate::keep_alive;
 use crate::last_event_id::DecimalId;
 use crate::publish::{self, PublishError};
@@ -426,20 +426,20 @@ fn serve_plain(app: &Arc<App>, request: Request, plain: Plain, path: &str, query
             send(request, Response::empty(204).with_header(header("Allow", allow)));
         }
         Plain::Health => {
-            let mut body = json!({
-                "status": if app.is_stopping() { "stopping" } else { "ok" },
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_seconds": app.stats.uptime_seconds(),
-                "open_streams": app.stats.open_streams(),
-            });
+            let mut body = JsonObject::new()
+                .member("status", if app.is_stopping() { "stopping" } else { "ok" })
+                .member("version", env!("CARGO_PKG_VERSION"))
+                .member("uptime_seconds", app.stats.uptime_seconds())
+                .member("open_streams", app.stats.open_streams());
             if let Some(bus) = &app.redis {
-                body["redis"] = json!(if bus.is_connected() {
+                let state = if bus.is_connected() {
                     "connected"
                 } else {
                     "disconnected"
-                });
+                };
+                body = body.member("redis", state);
             }
-            respond_json(app, request, 200, &body);
+            respond_json(app, request, 200, body.finish());
         }
         Plain::Metrics => {
             let text = crate::metrics::render(&app.stats, &app.broker);
@@ -774,7 +774,7 @@ fn end_stream(
 /// A whole error response written by hand, for a stream's thread, which has
 /// the raw connection and no `Request` to answer through.
 fn raw_error_response(error: &ApiError, http10: bool, cors_origin: Option<&str>) -> Vec<u8> {
-    let body = json!({ "error": error.message }).to_string();
+    let body = error_body(error);
     let reason = match error.status {
         400 => "Bad Request",
         503 => "Service Unavailable",
@@ -807,7 +807,7 @@ fn handle_publish(app: &Arc<App>, mut request: Request, query: &str) {
     match outcome {
         // The subscribers are woken once the answer is out (see
         // `broker::PendingFanOut`): `_fan_out` is dropped last.
-        Ok(Ok((body, _fan_out))) => respond_json(app, request, 200, &body),
+        Ok(Ok((body, _fan_out))) => respond_json(app, request, 200, body),
         Ok(Err(error)) => respond_error(app, request, error),
         Err(panic) => {
             respond_error(
@@ -824,7 +824,7 @@ fn publish_request(
     app: &App,
     request: &mut Request,
     query: &str,
-) -> Result<(serde_json::Value, Option<PendingFanOut>), ApiError> {
+) -> Result<(String, Option<PendingFanOut>), ApiError> {
     // A client that sent `Expect: 100-continue` sends no body after a
     // refusal from the head: its connection is closed rather than left
     // waiting for the body until the read timeout.
@@ -857,11 +857,11 @@ fn publish_request(
         event.channel,
         published.subscribers
     );
-    let body = json!({
-        "id": published.id.to_string(),
-        "channel": event.channel,
-        "subscribers": published.subscribers,
-    });
+    let body = JsonObject::new()
+        .member("id", published.id.to_string())
+        .member("channel", event.channel.as_str())
+        .member("subscribers", published.subscribers)
+        .finish();
     Ok((body, fan_out))
 }
 
@@ -968,7 +968,7 @@ pub(crate) fn header(name: &str, value: &str) -> Header {
     })
 }
 
-fn respond_json(app: &App, request: Request, status: u16, body: &serde_json::Value) {
+fn respond_json(app: &App, request: Request, status: u16, body: String) {
     send(
         request,
         json_response(status, body, app.config.cors_origin.as_deref()),
@@ -976,12 +976,13 @@ fn respond_json(app: &App, request: Request, status: u16, body: &serde_json::Val
 }
 
 /// A JSON answer, with the CORS header when an origin is configured.
-fn json_response(
-    status: u16,
-    body: &serde_json::Value,
-    cors_origin: Option<&str>,
-) -> Response<Cursor<Vec<u8>>> {
-    let mut response = Response::from_string(body.to_string())
+/// `{"error": "..."}`.
+fn error_body(error: &ApiError) -> String {
+    JsonObject::new().member("error", error.message.as_str()).finish()
+}
+
+fn json_response(status: u16, body: String, cors_origin: Option<&str>) -> Response<Cursor<Vec<u8>>> {
+    let mut response = Response::from_string(body)
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"));
     if let Some(origin) = cors_origin {
@@ -1014,7 +1015,7 @@ fn respond_error_with(cors_origin: Option<&str>, request: Request, error: ApiErr
 }
 
 fn error_response(error: &ApiError, cors_origin: Option<&str>) -> Response<Cursor<Vec<u8>>> {
-    let mut response = json_response(error.status, &json!({ "error": error.message }), cors_origin);
+    let mut response = json_response(error.status, error_body(error), cors_origin);
     for (name, value) in &error.headers {
         response.add_header(header(name, value));
     }

@@ -20,6 +20,7 @@
 //! - [`broker`]: channels, history, subscribers, ids;
 //! - [`stream`]: one stream's life;
 //! - [`http`]: dispatching and answering requests;
+//! - [`json_text`]: the JSON bodies of answers;
 //! - [`publish`]: publish bodies;
 //! - [`metrics`] and [`stats`]: counters and their exposition;
 //! - [`listener`]: the listening socket's options;
@@ -44,6 +45,7 @@ pub mod fault;
 pub mod framing;
 pub mod head_guard;
 pub mod http;
+pub mod json_text;
 pub mod keep_alive;
 pub mod last_event_id;
 pub mod listener;

@@ -113,6 +113,14 @@ fn publish_answers_id_channel_and_subscriber_count() {
     assert_eq!(body["channel"], "count", "{body}");
     assert_eq!(body["subscribers"], 0, "{body}");
     let first_id = id_of(&alone);
+    // Byte for byte as the spec shows it: its order, its spacing.
+    assert_eq!(
+        alone.body,
+        format!(r#"{{"id": "{first_id}", "channel": "count", "subscribers": 0}}"#)
+    );
+    let refused = publish_raw(addr, "channel=no%20spaces", b"x");
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(refused.body.starts_with(r#"{"error": ""#), "{refused:?}");
 
     let one = subscribe(addr, "channel=count", &[]);
     let mut two = subscribe(addr, "channel=count&channel=other", &[]);

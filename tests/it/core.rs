@@ -847,7 +847,7 @@ fn an_absolute_form_target_is_served_as_its_path() {
     let _ = s.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("\"status\":\"ok\""), "{answer}");
+    assert!(answer.contains("\"status\": \"ok\""), "{answer}");
 }
 
 #[test]
@@ -856,7 +856,7 @@ fn a_path_with_escaped_unreserved_characters_is_the_same_path() {
     let server = TestServer::start(&["--tick-interval", "0"]);
     let health = get(server.addr, "/%68ealth");
     assert_eq!(health.status, 200, "{health:?}");
-    assert!(health.body.contains("\"status\":\"ok\""), "{health:?}");
+    assert!(health.body.contains("\"status\": \"ok\""), "{health:?}");
     let mut stream = SseClient::connect(server.addr, "/%65vents?channel=esc", &[]);
     assert_eq!(stream.status(), 200, "{}", stream.head);
     let id = publish(server.addr, "esc", "same path");

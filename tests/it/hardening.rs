@@ -970,7 +970,7 @@ fn requests_sent_behind_a_stream_or_its_head_are_not_served() {
         let answers = String::from_utf8_lossy(&answer_to(server.addr, pipelined.as_bytes())).to_string();
         assert!(answers.starts_with("HTTP/1.1 400 "), "{method}: {answers}");
         assert!(
-            answers.contains("HTTP/1.1 200 OK") && answers.contains("\"status\":\"ok\""),
+            answers.contains("HTTP/1.1 200 OK") && answers.contains("\"status\": \"ok\""),
             "{method}: the request after the 400 is served: {answers}"
         );
     }
@@ -1725,7 +1725,7 @@ fn a_new_connection_from_the_port_of_one_just_ended_is_served() {
         second.set_read_timeout(Some(LONG)).unwrap();
         let answer = answer_on(&mut second, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(
-            answer.starts_with("HTTP/1.1 200 OK") && answer.contains("\"status\":\"ok\""),
+            answer.starts_with("HTTP/1.1 200 OK") && answer.contains("\"status\": \"ok\""),
             "after {what}, a new connection from its port (:{port}) got: {answer:?}"
         );
     }
@@ -1815,7 +1815,7 @@ fn a_chunked_body_no_handler_reads_is_skipped_not_read_as_a_request() {
             .map(|(at, _)| &answers[at + 9..at + 12])
             .collect();
         assert_eq!(statuses, [status, "200"], "{request_line}: {answers}");
-        assert!(answers.contains("\"status\":\"ok\""), "{request_line}: {answers}");
+        assert!(answers.contains("\"status\": \"ok\""), "{request_line}: {answers}");
     }
     assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
 }

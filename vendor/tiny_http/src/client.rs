@@ -80,7 +80,7 @@ enum ReadError {
 /// server's own error answers are. `message` is a constant: no escaping.
 /// Every such answer ends its connection, and says so.
 fn json_error(status: u16, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
-    crate::Response::from_string(format!("{{\"error\":\"{message}\"}}"))
+    crate::Response::from_string(format!("{{\"error\": \"{message}\"}}"))
         .with_status_code(status)
         .with_header(
             crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])

@@ -525,7 +525,7 @@ impl Drop for Server {
 /// best effort: the socket is new, so the few bytes fit its buffer.
 fn refuse_out_of_descriptors(stream: &mut util::refined_tcp_stream::Stream) {
     use std::io::Write;
-    let body = r#"{"error":"the server is out of file descriptors; retry later"}"#;
+    let body = r#"{"error": "the server is out of file descriptors; retry later"}"#;
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
