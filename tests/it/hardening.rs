@@ -1815,7 +1815,10 @@ fn a_chunked_body_no_handler_reads_is_skipped_not_read_as_a_request() {
             .map(|(at, _)| &answers[at + 9..at + 12])
             .collect();
         assert_eq!(statuses, [status, "200"], "{request_line}: {answers}");
-        assert!(answers.contains("\"status\": \"ok\""), "{request_line}: {answers}");
+        assert!(
+            answers.contains("\"status\": \"ok\""),
+            "{request_line}: {answers}"
+        );
     }
     assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
 }
