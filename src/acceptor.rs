@@ -78,7 +78,13 @@ impl Running {
         let probe = std::fs::read_link(&fd_path).ok().map(|link| (fd_path, link));
         let keep_alive = Some(crate::listener::KEEP_ALIVE_IDLE);
         let handler = Some(std::sync::Arc::clone(handler));
-        let server = tiny_http::Server::from_listener_handling(clone, None, keep_alive, handler)
+        // The spec's bounds on a request head: 16 KiB, complete within
+        // 10 s (the head guard stays as a backstop).
+        let head_limits = Some(tiny_http::HeadLimits {
+            max_bytes: crate::http::MAX_HEAD_BYTES,
+            deadline: crate::head_guard::HEAD_DEADLINE,
+        });
+        let server = tiny_http::Server::from_listener_handling(clone, None, keep_alive, handler, head_limits)
             .map_err(|e| e.to_string())?;
         Ok(Running { server, probe })
     }

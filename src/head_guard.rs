@@ -9,6 +9,13 @@
 //! sends a head without end as fast as it can: tiny_http keeps every byte
 //! of it in memory (a 300 MiB request line took 310 MB of RSS in 0.5 s).
 //!
+//! The patched tiny_http (`vendor/tiny_http`, `HeadLimits`) now bounds
+//! each head itself, to [`HEAD_DEADLINE`] and `http::MAX_HEAD_BYTES`,
+//! answering `408` or `431`: a trickler is closed 10 s after its accept,
+//! to the read. The guard stays as the backstop it was before, cutting
+//! what got past that from outside; it also tells a stream when its client
+//! closed (see [`HeadLog::peer_closed`]).
+//!
 //! The guard finds such connections from outside tiny_http:
 //!
 //! 1. Every [`PERIOD`] (more when reads get costly, see below) it lists the
@@ -22,7 +29,7 @@
 //!    peer. A socket whose peer has an open stream ([`HeadLog::stream_opened`]
 //!    to [`HeadLog::stream_closed`]) is passed over: it is never cut, and
 //!    costs the guard nothing but its entry in that set of peers.
-//! 3. A socket seen for more than [`HEAD_DEADLINE`] without a request head
+//! 3. A socket seen for more than [`BACKSTOP_DEADLINE`] without a request head
 //!    (or, kept alive and not a stream, more than [`NEXT_HEAD_DEADLINE`]
 //!    since its last head) is a trickler: the guard finds its
 //!    descriptor in `/proc/self/fd` (a link to `socket:[INODE]`), checks with
@@ -38,7 +45,7 @@
 //!    spare) without a request head, since it was opened or since the last
 //!    such count, is shut down like a trickler. Such reads come at most
 //!    once per ten times their own cost. With only the text tables (no
-//!    netlink) there is no count, and only the 10 s deadline applies.
+//!    netlink) there is no count, and only the deadline applies.
 //!
 //! Cost of a cycle through the text tables (netlink skips the formatting
 //! and the parsing: with 10,000 streams held by clients on the same host,
@@ -55,7 +62,7 @@
 //! ~60-90 ms every 2 s, 3-5 % of one core. Past that the pause between
 //! reads grows with the cost of a read (at least [`CPU_SHARE`] times it),
 //! so the guard never takes more than about 5 % of a core, and a trickler
-//! is closed a little later than 10 s. (Netlink `sock_diag` with a port
+//! is closed a little later than 15 s. (Netlink `sock_diag` with a port
 //! filter in the kernel would be cheaper at such scale, at the price of
 //! hand-built binary messages.) No per-descriptor system call is made
 //! unless there is a trickler: then one pass over `/proc/self/fd` (a
@@ -98,6 +105,12 @@ pub const PERIOD: Duration = Duration::from_secs(2);
 /// How long a connection may take to deliver a request head (spec: "a head
 /// unfinished after 10 s" is closed).
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long the guard lets a connection go without a request head before
+/// it cuts it: past [`HEAD_DEADLINE`], by when tiny_http has answered `408`
+/// and closed it itself (`tiny_http::HeadLimits`), so that the guard cuts
+/// only what got past that.
+pub const BACKSTOP_DEADLINE: Duration = Duration::from_secs(15);
 
 /// How long a kept-alive connection that is not a stream may go without a
 /// new request head after its last one: longer than a request can take to
@@ -357,8 +370,11 @@ struct Tracked {
 /// since when, and which of them delivered a head. Fed one read of the
 /// table at a time: [`Tracker::begin_read`], [`Tracker::observe`] for each
 /// socket listed, [`Tracker::end_read`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tracker {
+    /// How long a socket may go without a request head after it was first
+    /// seen ([`BACKSTOP_DEADLINE`]).
+    head_deadline: Duration,
     sockets: HashMap<u64, Tracked>,
     /// Sockets never to report: not among this process's descriptors
     /// (another program's socket on the same port), so that
@@ -374,6 +390,19 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker of no sockets yet, that reports one gone without a head
+    /// for more than `head_deadline` since it was first seen.
+    pub fn new(head_deadline: Duration) -> Tracker {
+        Tracker {
+            head_deadline,
+            sockets: HashMap::new(),
+            exempt: HashMap::new(),
+            unmatched: HashMap::new(),
+            scan: 0,
+            reading: false,
+        }
+    }
+
     /// Starts taking in a read of the socket table. A read begun and not
     /// ended (no listing could be had: netlink failed, then no table could
     /// be opened) is the one the next call goes on with.
@@ -426,7 +455,7 @@ impl Tracker {
 
     /// Ends the read begun last, with the heads received since the one
     /// before; returns the tricklers: sockets of this read that have gone
-    /// without a head for more than [`HEAD_DEADLINE`] since first seen (or
+    /// without a head for more than its deadline since first seen (or
     /// more than [`NEXT_HEAD_DEADLINE`] since their last head). A socket
     /// whose peer has an open stream by now (`is_stream`) is never one.
     pub fn end_read(
@@ -471,7 +500,7 @@ impl Tracker {
             .filter(|(_, t)| {
                 let waiting = match t.last_head {
                     Some(at) => now.saturating_duration_since(at) > NEXT_HEAD_DEADLINE,
-                    None => now.saturating_duration_since(t.first_seen) > HEAD_DEADLINE,
+                    None => now.saturating_duration_since(t.first_seen) > self.head_deadline,
                 };
                 t.last_scan == scan && waiting
             })
@@ -565,7 +594,7 @@ impl HeadGuard {
         let mut cycle = Cycle {
             port,
             log,
-            tracker: Tracker::default(),
+            tracker: Tracker::new(BACKSTOP_DEADLINE),
             line: String::new(),
             netlink: true,
             warned: false,
@@ -665,7 +694,7 @@ impl Cycle {
                 self.tracker.forget(trickler.inode);
                 log::warn!(
                     "closed a connection that sent no complete request head in time ({} s; {} s after a previous request): peer={}",
-                    HEAD_DEADLINE.as_secs(),
+                    BACKSTOP_DEADLINE.as_secs(),
                     NEXT_HEAD_DEADLINE.as_secs(),
                     trickler.peer
                 );
@@ -964,7 +993,7 @@ mod tests {
             peer: addr("10.0.0.2:1000"),
         };
         let open = |peer: SocketAddr| peer == streamer.peer;
-        let mut tracker = Tracker::default();
+        let mut tracker = Tracker::new(HEAD_DEADLINE);
         // Both seen; only the streamer delivers a head (recorded before its
         // socket is first seen) and opens a stream.
         assert!(tracker.update(at(0), &[], head(at(0)), open).is_empty());
@@ -1028,7 +1057,7 @@ mod tests {
         // kernel skips sockets that move while the table is read), then
         // seen again for over 10 s, and no head ever matched to it.
         let reads = |open: &dyn Fn(SocketAddr) -> bool| {
-            let mut tracker = Tracker::default();
+            let mut tracker = Tracker::new(HEAD_DEADLINE);
             let mut reported = Vec::new();
             reported.extend(tracker.update(at(0), &[streamer], HashMap::new(), open));
             reported.extend(tracker.update(at(2), &[], HashMap::new(), open));
@@ -1057,7 +1086,7 @@ mod tests {
             inode: 6,
             peer: addr("10.0.0.2:1000"),
         };
-        let mut tracker = Tracker::default();
+        let mut tracker = Tracker::new(HEAD_DEADLINE);
         tracker.update(at(0), &[late], HashMap::new(), |_| false);
         // Overdue in this read, but its stream is open by the end of it.
         tracker.begin_read();
@@ -1073,7 +1102,7 @@ mod tests {
             inode: 7,
             peer: addr("10.0.0.5:1000"),
         };
-        let mut tracker = Tracker::default();
+        let mut tracker = Tracker::new(HEAD_DEADLINE);
         tracker.update(t0, &[plain], HashMap::new(), |_| false);
         // A cycle that could list nothing: begun (netlink tried), not ended.
         tracker.begin_read();
@@ -1112,7 +1141,7 @@ mod tests {
             inode: 3,
             peer: addr("10.0.0.2:1000"),
         };
-        let mut tracker = Tracker::default();
+        let mut tracker = Tracker::new(HEAD_DEADLINE);
         assert!(tracker
             .update(at(0), &[plain], HashMap::new(), |_| false)
             .is_empty());
@@ -1135,7 +1164,7 @@ mod tests {
     fn heads_without_a_socket_expire() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut tracker = Tracker::default();
+        let mut tracker = Tracker::new(HEAD_DEADLINE);
         tracker.update(at(0), &[], head(at(0)), |_| false);
         tracker.update(at(2), &[], HashMap::new(), |_| false);
         assert_eq!(tracker.unmatched.len(), 1, "looked for in 3 reads");
@@ -1168,7 +1197,7 @@ mod tests {
             peer: addr("127.0.0.1:1002"),
         };
         let no_streams = |_| false;
-        let mut tracker = Tracker::default();
+        let mut tracker = Tracker::new(HEAD_DEADLINE);
         let read = |tracker: &mut Tracker, now, counts: &[(Seen, Option<u64>)], heads: &[(Seen, Instant)]| {
             tracker.begin_read();
             for (seen, received) in counts {

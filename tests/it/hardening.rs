@@ -1200,27 +1200,30 @@ fn requests_pipelined_behind_a_stream_do_not_stall_the_server() {
 
 /// Sends a request line, then one header byte every 700 ms, never ending
 /// the head; returns how long after connecting the server closed the
-/// connection, or `None` if it was still open after `deadline`.
-fn trickle_until_closed(addr: std::net::SocketAddr, deadline: Duration) -> Option<Duration> {
+/// connection and what it answered, or `None` if it was still open after
+/// `deadline`.
+fn trickle_until_closed(addr: std::net::SocketAddr, deadline: Duration) -> Option<(Duration, String)> {
     let started = Instant::now();
     let mut s = TcpStream::connect(addr).expect("connect");
     s.write_all(b"GET / HTTP/1.1\r\n").expect("send the request line");
+    let mut answer = Vec::new();
     let mut chunk = [0u8; 1024];
+    let closed = |answer: Vec<u8>| Some((started.elapsed(), String::from_utf8_lossy(&answer).into_owned()));
     while started.elapsed() < deadline {
         // Waiting to read is the 700 ms pause between two bytes.
         s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
         match s.read(&mut chunk) {
-            Ok(0) => return Some(started.elapsed()),
-            Ok(_) => continue,
+            Ok(0) => return closed(answer),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(_) => return Some(started.elapsed()),
+            Err(_) => return closed(answer),
         }
         if s.write_all(b"X").is_err() {
-            return Some(started.elapsed());
+            return closed(answer);
         }
     }
     None
@@ -1252,18 +1255,26 @@ fn trickled_request_heads_are_closed_after_ten_seconds_and_streams_are_not() {
     }
     for (i, trickler) in tricklers.into_iter().enumerate() {
         let closed_after = trickler.join().unwrap();
-        let Some(after) = closed_after else {
+        let Some((after, answer)) = closed_after else {
             panic!("trickler {i} still open after 25 s:\n{}", server.logs());
         };
-        // Past the 2 s read timeout (bytes keep coming), within the 10 s
-        // deadline plus two guard cycles and room for a busy machine.
         assert!(
-            after >= Duration::from_secs(9) && after <= Duration::from_secs(20),
+            answer.starts_with("HTTP/1.1 408 ")
+                && answer.contains("Connection: close")
+                && answer
+                    .ends_with(r#"{"error": "request head not complete in time; the connection is closed"}"#),
+            "trickler {i} was answered {answer:?}"
+        );
+        // Past the 2 s read timeout (bytes keep coming), at the 10 s
+        // deadline from the accept, with room for a busy machine.
+        assert!(
+            after >= Duration::from_millis(9_900) && after <= Duration::from_secs(13),
             "trickler {i} closed after {after:?}"
         );
     }
+    // The streams outlived the cuts.
     assert!(
-        early_opened.elapsed() > Duration::from_secs(12),
+        early_opened.elapsed() > Duration::from_secs(10),
         "{:?}",
         early_opened.elapsed()
     );
@@ -1276,7 +1287,7 @@ fn trickled_request_heads_are_closed_after_ten_seconds_and_streams_are_not() {
     let logs = server.logs();
     let warned = logs
         .lines()
-        .filter(|l| l.contains("sent no complete request head in time") && l.contains("peer=127.0.0.1:"))
+        .filter(|l| l.contains("sent no complete request head in time (10 s): peer=127.0.0.1:"))
         .count();
     assert_eq!(warned, 20, "one warning per trickler, with its peer:\n{logs}");
 }
@@ -1487,21 +1498,18 @@ fn an_endless_request_head_is_cut_long_before_memory_runs_out() {
             Err(_) => break,
         }
     }
-    // The bytes are counted through netlink only; where a sandbox refuses
-    // it, the guard reads /proc/net/tcp and only its 10 s deadline applies.
-    if server.logs().contains("reading /proc/net/tcp from now on") {
-        println!("skipped: netlink socket diagnostics refused here");
-        return;
-    }
+    // tiny_http (patched) stops at 16 KiB, answers 431 and closes after
+    // reading 64 KiB more; what else got through sat in the socket
+    // buffers (a few MiB on loopback).
     assert!(
-        sent < 64 << 20,
+        sent < 16 << 20,
         "{} MiB sent before the server closed",
         sent >> 20
     );
     assert!(
-        wait_until(LONG, || server
-            .logs()
-            .contains("bytes without a complete request head")),
+        wait_until(LONG, || server.logs().contains(
+            "answered 431 to a request head over 16384 bytes: peer=127.0.0.1:"
+        )),
         "logs: {}",
         server.logs()
     );

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Method};
@@ -53,6 +53,36 @@ pub struct ClientConnection {
     // tinysse: set by a request's `stop_reading` or `take_connection`: no
     // request is read from the connection after that one
     reading_stopped: Arc<AtomicBool>,
+
+    // tinysse: the bounds on each request head, and when the connection
+    // was accepted (its first head's clock starts then)
+    head_limits: Option<HeadLimits>,
+    accepted: Instant,
+}
+
+/// tinysse: bounds on a request head (its request line, headers and the
+/// blank line after them, as sent). Unbounded, a client could hold a
+/// connection's thread for ever by sending a byte now and then, each read
+/// within the read timeout, or fill the memory with a head without end.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLimits {
+    /// Bytes a head may have; a longer one is answered `431` and its
+    /// connection closed.
+    pub max_bytes: usize,
+    /// Time a head may take, from the connection's accept for its first
+    /// request and from its first byte for a later one; past it the
+    /// connection is answered `408` and closed.
+    pub deadline: Duration,
+}
+
+/// tinysse: what is left of a head's [`HeadLimits`] while it is read.
+struct HeadBudget {
+    limits: HeadLimits,
+    deadline: Instant,
+    bytes_left: usize,
+    /// The socket's read timeout was cut to what is left of the deadline,
+    /// and must be set back once the head is read.
+    timeout_lowered: bool,
 }
 
 /// tinysse: what is read and dropped, at most, of what a client sent
@@ -70,6 +100,10 @@ enum ReadError {
     ExpectationFailed(HTTPVersion),
     /// tinysse: a byte outside ASCII in the request line or a header
     NotAscii(HTTPVersion),
+    /// tinysse: a head over its `HeadLimits::max_bytes`
+    HeadTooLarge(HTTPVersion, usize),
+    /// tinysse: a head not complete within its `HeadLimits::deadline`
+    HeadTooSlow(Duration),
     /// tinysse: a small body (read whole before the request is handed on)
     /// that paused past the read timeout, or ended before its length
     BodyUnread(HTTPVersion, ErrorKind),
@@ -104,6 +138,14 @@ fn is_well_formed_header(line: &str) -> bool {
 }
 
 /// tinysse: a line that is not ASCII is a client error, not an I/O one.
+/// tinysse: a peer's address for a log line.
+fn peer_text(remote_addr: &IoResult<Option<SocketAddr>>) -> String {
+    match remote_addr {
+        Ok(Some(addr)) => addr.to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
 fn line_error(error: IoError, version: HTTPVersion) -> ReadError {
     if error.kind() == ErrorKind::InvalidInput {
         ReadError::NotAscii(version)
@@ -123,7 +165,9 @@ impl ClientConnection {
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
         keep_alive_idle: Option<Duration>,
+        head_limits: Option<HeadLimits>,
     ) -> ClientConnection {
+        let accepted = Instant::now();
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
         let read_timeout = match keep_alive_idle {
@@ -146,6 +190,8 @@ impl ClientConnection {
             keep_alive_idle,
             read_timeout,
             served: false,
+            head_limits,
+            accepted,
             #[cfg(unix)]
             socket_fd,
             reading_stopped: Arc::new(AtomicBool::new(false)),
@@ -161,17 +207,54 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// tinysse: within `budget`, when given: a read waits no longer than
+    /// what is left of its deadline, and each byte counts against its size.
+    fn read_next_line(
+        &mut self,
+        budget: &mut Option<HeadBudget>,
+        version: &HTTPVersion,
+    ) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
+            if let Some(budget) = budget.as_mut() {
+                self.fit_read_to(budget)?;
+            }
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    // tinysse: a read cut short by the head's deadline (the
+                    // lowered timeout is the deadline's: the kernel may
+                    // wake a tick before it)
+                    let timed_out = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+                    if let Some(budget) = budget.as_ref() {
+                        if budget.timeout_lowered && timed_out {
+                            return Err(ReadError::HeadTooSlow(budget.limits.deadline));
+                        }
+                    }
+                    return Err(line_error(e, version.clone()));
+                }
+                None => {
+                    return Err(line_error(
+                        IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"),
+                        version.clone(),
+                    ))
+                }
             };
+
+            if let Some(budget) = budget.as_mut() {
+                if budget.bytes_left == 0 {
+                    return Err(ReadError::HeadTooLarge(
+                        version.clone(),
+                        budget.limits.max_bytes,
+                    ));
+                }
+                budget.bytes_left -= 1;
+            }
 
             // tinysse: a bare LF ends a line too (RFC 9112, 2.2: a
             // recipient may take it so); it used to wait for a CR LF that
@@ -180,8 +263,7 @@ impl ClientConnection {
                 if prev_byte_was_cr {
                     buf.pop(); // removing the '\r'
                 }
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii(version.clone()));
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -190,9 +272,31 @@ impl ClientConnection {
         }
     }
 
+    /// tinysse: before a byte of a head is read: when it must come from the
+    /// socket (nothing buffered), the read may wait only for what is left
+    /// of the head's deadline. The socket's timeout is lowered only in the
+    /// deadline's last stretch, shorter than the read timeout: a head that
+    /// comes at once costs no system call.
+    fn fit_read_to(&mut self, budget: &mut HeadBudget) -> Result<(), ReadError> {
+        let reader = self.next_header_source.turn();
+        if !reader.buffer().is_empty() {
+            return Ok(());
+        }
+        let left = budget.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::HeadTooSlow(budget.limits.deadline));
+        }
+        if self.read_timeout.map_or(true, |timeout| left < timeout) {
+            reader.get_ref().set_read_timeout(Some(left)).ok();
+            budget.timeout_lowered = true;
+        }
+        Ok(())
+    }
+
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        let mut budget: Option<HeadBudget>;
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
@@ -208,9 +312,16 @@ impl ClientConnection {
                     reader.get_ref().set_read_timeout(self.read_timeout).ok();
                     first_byte.map_err(ReadError::ReadIoError)?;
                 }
-                let line = self
-                    .read_next_line()
-                    .map_err(|e| line_error(e, HTTPVersion(1, 1)))?;
+                // tinysse: the head's clock starts at the accept for the
+                // first request, at its first byte for a later one.
+                let started = if self.served { Instant::now() } else { self.accepted };
+                budget = self.head_limits.map(|limits| HeadBudget {
+                    limits,
+                    deadline: started + limits.deadline,
+                    bytes_left: limits.max_bytes,
+                    timeout_lowered: false,
+                });
+                let line = self.read_next_line(&mut budget, &HTTPVersion(1, 1))?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -221,9 +332,7 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self
-                        .read_next_line()
-                        .map_err(|e| line_error(e, version.clone()))?;
+                    let line = self.read_next_line(&mut budget, &version)?;
 
                     if line.is_empty() {
                         break;
@@ -243,6 +352,11 @@ impl ClientConnection {
 
             (method, path, version, headers)
         };
+        // tinysse: the head is in; the rest has the socket's own timeout.
+        if budget.is_some_and(|budget| budget.timeout_lowered) {
+            let reader = self.next_header_source.turn();
+            reader.get_ref().set_read_timeout(self.read_timeout).ok();
+        }
 
         // tinysse: a client that reset the connection before its address
         // was read has nothing to be answered (this was an unwrap: a panic
@@ -396,6 +510,45 @@ impl Iterator for ClientConnection {
                     );
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // the rest of the head is unread: close
+                }
+
+                Err(ReadError::HeadTooLarge(ver, max_bytes)) => {
+                    log::debug!(
+                        target: "tinysse::tiny_http",
+                        "answered 431 to a request head over {max_bytes} bytes: peer={}",
+                        peer_text(&self.remote_addr)
+                    );
+                    let writer = self.sink.next().unwrap();
+                    let message =
+                        format!("request head too large: at most {max_bytes} bytes");
+                    json_error(431, &message)
+                        .raw_print(writer, ver, &[], false, None)
+                        .ok();
+                    // What the client is still sending of it, so that the
+                    // close does not reset the connection before the answer
+                    // is read; a head without end is cut after that.
+                    crate::util::drain(&mut self.next_header_source, DRAIN_BYTES, None);
+                    return None;
+                }
+
+                Err(ReadError::HeadTooSlow(deadline)) => {
+                    let peer = peer_text(&self.remote_addr);
+                    // (tinysse's target: its logger shows only its own
+                    // records)
+                    log::warn!(
+                        target: "tinysse::tiny_http",
+                        "closed a connection that sent no complete request head in time ({} s): peer={peer}",
+                        deadline.as_secs()
+                    );
+                    let writer = self.sink.next().unwrap();
+                    let response = json_error(
+                        408,
+                        "request head not complete in time; the connection is closed",
+                    );
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None;
                 }
 
                 Err(ReadError::ReadIoError(_)) => return None,

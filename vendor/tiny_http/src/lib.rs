@@ -115,6 +115,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use client::HeadLimits;
 pub use request::{ReadWrite, Request};
 #[cfg(unix)]
 pub use request::TakenConnection;
@@ -265,7 +266,7 @@ impl Server {
         ssl_config: Option<SslConfig>,
         keep_alive_idle: Option<std::time::Duration>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_handling(listener, ssl_config, keep_alive_idle, None)
+        Self::from_listener_handling(listener, ssl_config, keep_alive_idle, None, None)
     }
 
     /// tinysse: [`Server::from_listener_keeping_alive`], and with a
@@ -276,12 +277,14 @@ impl Server {
     /// handler has answered or dropped the one before). A handler that
     /// panics ends its connection (the panic goes no further). `recv` then
     /// gives only the acceptor's error, if it ends. Over TLS requests are
-    /// queued as before.
+    /// queued as before. `head_limits`, when given, bound every request
+    /// head's size and time ([`HeadLimits`]).
     pub fn from_listener_handling<L: Into<Listener>>(
         listener: L,
         ssl_config: Option<SslConfig>,
         keep_alive_idle: Option<std::time::Duration>,
         handler: Option<Handler>,
+        head_limits: Option<HeadLimits>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
@@ -374,6 +377,7 @@ impl Server {
                             write_closable,
                             read_closable,
                             keep_alive_idle,
+                            head_limits,
                         ))
                     }
                     Err(e) => Err(e),
