@@ -345,6 +345,12 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
                 "a token that starts or ends with white space, which no publisher could present".into(),
             )
         }
+        // A header keeps a byte outside ASCII only as `?`: such a token
+        // could never match either.
+        "publish-token" if !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => return Err(
+            "a token with a character outside printable ASCII, which no publisher could present in a header"
+                .into(),
+        ),
         "publish-token" => config.publish_token = Some(value.to_string()),
         "cors-origin" => config.cors_origin = parse_origin(value)?,
         "retry" => config.retry = Some(value.parse().map_err(|_| "expected milliseconds, such as 3000")?),

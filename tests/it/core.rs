@@ -709,7 +709,7 @@ fn help_lists_every_option_with_its_default() {
 #[test]
 fn bad_option_values_exit_2_with_a_clear_message() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         // An empty token would turn the check off without a word.
         (&["--publish-token", ""], &[], &["--publish-token", "empty"]),
         (
@@ -722,6 +722,12 @@ fn bad_option_values_exit_2_with_a_clear_message() {
             &["--publish-token", " s3cret"],
             &[],
             &["--publish-token", "white space"],
+        ),
+        // A header carries only ASCII.
+        (
+            &["--publish-token", "caf\u{e9}"],
+            &[],
+            &["--publish-token", "printable ASCII"],
         ),
         (
             &["--ping-interval", "5parsecs"],

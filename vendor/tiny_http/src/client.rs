@@ -98,7 +98,7 @@ enum ReadError {
     WrongHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
-    /// tinysse: a byte outside ASCII in the request line or a header
+    /// tinysse: a byte outside ASCII in the request line
     NotAscii(HTTPVersion),
     /// tinysse: a head over its `HeadLimits::max_bytes`
     HeadTooLarge(HTTPVersion, usize),
@@ -210,12 +210,18 @@ impl ClientConnection {
     ///
     /// tinysse: within `budget`, when given: a read waits no longer than
     /// what is left of its deadline, and each byte counts against its size.
+    ///
+    /// tinysse: in a header line (`opaque_high_bytes`), a byte outside
+    /// ASCII is taken as opaque data (RFC 9110, 5.5: obs-text, such as a
+    /// browser's UTF-8 cookie) and kept as `?`; in a request line it is an
+    /// error.
     fn read_next_line(
         &mut self,
         budget: &mut Option<HeadBudget>,
         version: &HTTPVersion,
+        opaque_high_bytes: bool,
     ) -> Result<AsciiString, ReadError> {
-        let mut buf = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
@@ -262,6 +268,11 @@ impl ClientConnection {
             if byte == b'\n' {
                 if prev_byte_was_cr {
                     buf.pop(); // removing the '\r'
+                }
+                if opaque_high_bytes {
+                    for byte in buf.iter_mut().filter(|b| !b.is_ascii()) {
+                        *byte = b'?';
+                    }
                 }
                 return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii(version.clone()));
             }
@@ -321,7 +332,7 @@ impl ClientConnection {
                     bytes_left: limits.max_bytes,
                     timeout_lowered: false,
                 });
-                let line = self.read_next_line(&mut budget, &HTTPVersion(1, 1))?;
+                let line = self.read_next_line(&mut budget, &HTTPVersion(1, 1), false)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -332,7 +343,7 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line(&mut budget, &version)?;
+                    let line = self.read_next_line(&mut budget, &version, true)?;
 
                     if line.is_empty() {
                         break;
@@ -506,7 +517,7 @@ impl Iterator for ClientConnection {
                     let writer = self.sink.next().unwrap();
                     let response = json_error(
                         400,
-                        "the request line and headers must be ASCII; percent-encode the path and query",
+                        "the request line must be ASCII; percent-encode the path and query",
                     );
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // the rest of the head is unread: close
