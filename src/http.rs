@@ -221,21 +221,8 @@ fn handle(app: &Arc<App>, request: Request) {
     if let Some(peer) = request.remote_addr() {
         app.heads.record(*peer);
     }
-    // As sent: "METHOD URL HTTP/1.1\r\n", "Name: value\r\n" per header
-    // (tiny_http trims the values), and the closing "\r\n".
-    let request_line = request.method().as_str().len() + 1 + request.url().len() + " HTTP/1.1\r\n".len();
-    let head_size: usize = request
-        .headers()
-        .iter()
-        .map(|h| h.field.as_str().as_str().len() + ": ".len() + h.value.as_str().len() + "\r\n".len())
-        .sum::<usize>()
-        + request_line
-        + "\r\n".len();
-    if head_size > MAX_HEAD_BYTES {
-        let error = ApiError::new(
-            431,
-            format!("request head too large: at most {MAX_HEAD_BYTES} bytes"),
-        );
+    // (A head over MAX_HEAD_BYTES never gets here: tiny_http answers 431.)
+    if let Some(error) = host_error(&request) {
         return respond_error(app, request, error);
     }
     if let Some(error) = framing_error(&request) {
@@ -353,6 +340,20 @@ fn requested_channels(query: &str) -> Vec<String> {
         .filter(|(k, _)| k == "channel")
         .map(|(_, v)| v.into_owned())
         .collect()
+}
+
+/// The `400` RFC 9112 (3.2) asks for: an HTTP/1.1 request without a
+/// `Host` header, or any request with more than one.
+fn host_error(request: &Request) -> Option<ApiError> {
+    let hosts = request.headers().iter().filter(|h| h.field.equiv("Host")).count();
+    match hosts {
+        0 if !keep_alive::is_http10(request) => Some(ApiError::new(
+            400,
+            "an HTTP/1.1 request needs a Host header (RFC 9112, 3.2)",
+        )),
+        0 | 1 => None,
+        _ => Some(ApiError::new(400, "more than one Host header (RFC 9112, 3.2)")),
+    }
 }
 
 /// The `400` for a request with ambiguous framing (see `framing`), after

@@ -200,6 +200,44 @@ fn header_values_with_bytes_outside_ascii_are_served() {
 }
 
 #[test]
+fn an_http_1_1_request_needs_exactly_one_host_header() {
+    // RFC 9112, 3.2: a server must answer 400 to an HTTP/1.1 request
+    // without Host, and to any request with more than one.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let cases: [(&[u8], u16, &str); 5] = [
+        (
+            b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+            "needs a Host",
+        ),
+        (
+            b"GET /events HTTP/1.1\r\nHost: a\r\nhost: b\r\nConnection: close\r\n\r\n",
+            400,
+            "more than one Host",
+        ),
+        (
+            b"POST /publish?channel=h HTTP/1.1\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+            400,
+            "needs a Host",
+        ),
+        // HTTP/1.0 had no Host.
+        (b"GET /health HTTP/1.0\r\n\r\n", 200, "ok"),
+        (
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            200,
+            "ok",
+        ),
+    ];
+    for (request, status, said) in cases {
+        let response = parse_response(&answer_to(server.addr, request));
+        let sent = String::from_utf8_lossy(request);
+        assert_eq!(response.status, status, "{sent:?}: {response:?}");
+        assert!(response.body.contains(said), "{sent:?}: {response:?}");
+    }
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 0.0);
+}
+
+#[test]
 fn requests_tiny_http_refuses_get_json_errors_too() {
     let server = TestServer::start(&["--tick-interval", "0"]);
     let cases: [(&[u8], u16, &str); 11] = [
