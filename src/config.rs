@@ -393,10 +393,50 @@ fn parse_origin(value: &str) -> Result<Option<String>, String> {
         && host
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:[]".contains(c));
-    if scheme_ok && host_ok {
-        Ok(Some(value.to_string()))
+    if !(scheme_ok && host_ok) {
+        return Err(HINT.into());
+    }
+    // What a browser would send as this origin's port, if it is one.
+    let (name, port) = split_port(host).ok_or(HINT)?;
+    if name.is_empty() || name.contains(':') && !name.starts_with('[') {
+        return Err(HINT.into());
+    }
+    if let Some(port) = port {
+        let number = port
+            .parse::<u16>()
+            .ok()
+            .filter(|&n| n > 0 && !port.starts_with('0'))
+            .ok_or_else(|| {
+                format!("port {port:?}: expected a number from 1 to 65535, without leading zeros")
+            })?;
+        let default = match scheme {
+            "http" | "ws" => Some(80),
+            "https" | "wss" => Some(443),
+            _ => None,
+        };
+        if default == Some(number) {
+            return Err(format!(
+                "a browser leaves the default port out of the Origin it sends: write {scheme}://{name}"
+            ));
+        }
+    }
+    Ok(Some(value.to_string()))
+}
+
+/// `host` (`name`, `name:port`, `[v6]` or `[v6]:port`) as its name and its
+/// port, if it has one; `None` if it is neither (a colon and no port).
+fn split_port(host: &str) -> Option<(&str, Option<&str>)> {
+    let name_end = if host.starts_with('[') {
+        host.find(']')? + 1
     } else {
-        Err(HINT.into())
+        host.find(':').unwrap_or(host.len())
+    };
+    let (name, rest) = host.split_at(name_end);
+    match rest.strip_prefix(':') {
+        None if rest.is_empty() => Some((name, None)),
+        None => None,
+        Some("") => None,
+        Some(port) => Some((name, Some(port))),
     }
 }
 
@@ -593,12 +633,49 @@ mod tests {
             "https://",
             "https://a.example\r",
             "https://a.example, https://b.example",
+            "https://a.example:",
+            "http://[::1",
+            "http://::1",
         ] {
             let err = origin(bad).unwrap_err().to_string();
             assert!(
                 err.contains("--cors-origin") && err.contains("no trailing slash"),
                 "{bad:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn cors_origin_ports_are_as_a_browser_would_send_them() {
+        let origin = |v: &str| run(&["--cors-origin", v], &[]).map(|c| c.cors_origin);
+        assert_eq!(
+            origin("https://a.example:8443"),
+            Ok(Some("https://a.example:8443".into()))
+        );
+        assert_eq!(
+            origin("http://a.example:443"),
+            Ok(Some("http://a.example:443".into()))
+        );
+        for (default, fix) in [
+            ("https://a.example:443", "write https://a.example"),
+            ("http://a.example:80", "write http://a.example"),
+            ("http://[::1]:80", "write http://[::1]"),
+        ] {
+            let err = origin(default).unwrap_err().to_string();
+            assert!(
+                err.contains("default port") && err.contains(fix),
+                "{default}: {err}"
+            );
+        }
+        for bad in [
+            "https://a.example:99999",
+            "https://a.example:0",
+            "https://a.example:0080",
+            "https://a.example:8:8",
+            "https://a.example:8x",
+        ] {
+            let err = origin(bad).unwrap_err().to_string();
+            assert!(err.contains("from 1 to 65535"), "{bad}: {err}");
         }
     }
 
