@@ -874,9 +874,14 @@ fn check_publish_head(app: &App, request: &Request, query: &str) -> Result<publi
     if let Some(origin) = request_header(request, "Origin") {
         let host = request_header(request, "Host");
         if !origin_may_publish(origin, host, app.config.cors_origin.as_deref()) {
-            let message = format!(
-                "a page from {origin} may not publish here: only this server's own pages and the origin of --cors-origin may"
-            );
+            let message = match app.config.cors_origin.as_deref() {
+                Some(allowed) => format!(
+                    "a page from {origin} may not publish here: only this server's own pages and {allowed} (--cors-origin) may"
+                ),
+                None => format!(
+                    "a page from {origin} may not publish here: only this server's own pages may; start the server with --cors-origin {origin} to allow it"
+                ),
+            };
             let peer = request.remote_addr().copied();
             log::info!("publish refused peer={}: {message}", peer_text(peer));
             return Err(ApiError::new(403, message));
@@ -890,10 +895,10 @@ fn check_publish_head(app: &App, request: &Request, query: &str) -> Result<publi
         });
         let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
         if !ok {
-            let message = if given.is_none() {
-                "missing 'Authorization: Bearer <token>' header"
-            } else {
-                "wrong publish token"
+            let message = match (given, presented) {
+                (None, _) => "missing 'Authorization: Bearer <token>' header",
+                (Some(_), None) => "the Authorization header must be 'Bearer <token>'",
+                (Some(_), Some(_)) => "wrong publish token",
             };
             let peer = request.remote_addr().copied();
             log::info!("publish refused peer={}: {message}", peer_text(peer));

@@ -833,10 +833,20 @@ fn publish_token_is_required_when_set() {
         missing.contains("Authorization"),
         "says what is missing: {missing:?}"
     );
+    for other_scheme in ["Basic s3cret", "s3cret"] {
+        let error = with(Some(other_scheme)).json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            error.contains("must be 'Bearer <token>'"),
+            "{other_scheme}: {error:?}"
+        );
+    }
     // Each refusal is logged at the default level, the token never.
     let logged = |logs: &str| logs.matches("publish refused peer=127.0.0.1:").count();
     assert!(
-        wait_until(10 * SECOND, || logged(&server.logs()) == 8),
+        wait_until(10 * SECOND, || logged(&server.logs()) == 10),
         "{}",
         server.logs()
     );

@@ -366,8 +366,8 @@ fn a_page_of_another_origin_cannot_publish_unless_allowed() {
         foreign.json()["error"]
             .as_str()
             .unwrap_or_default()
-            .contains("--cors-origin"),
-        "{foreign:?}"
+            .contains("start the server with --cors-origin https://evil.example to allow it"),
+        "says how to allow it: {foreign:?}"
     );
     // This server's own page (/demo): the Host the request was sent to.
     assert_eq!(from(&format!("http://{addr}")).status, 200);
