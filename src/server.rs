@@ -390,11 +390,12 @@ impl Server {
             // nothing; a write may wait `--write-timeout`). Their writes
             // fail once their connections are shut, and they end with
             // their closing lines before the exit.
+            // (Counted before the cut: they end as soon as it is done.)
+            let writing = self.app.stats.open_streams();
             self.app.streams_cut.store(true, Ordering::Release);
             let cut = self.app.heads.shut_down_streams(self.addr.port());
             log::warn!(
-                "{} streams still writing (clients not reading) at the stop's deadline: {cut} connections cut",
-                self.app.stats.open_streams()
+                "{writing} streams still writing (clients not reading) at the stop's deadline: {cut} connections cut"
             );
             wait_while(deadline, open_streams);
         }
