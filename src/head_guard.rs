@@ -1,5 +1,5 @@
-//! The head guard: closes connections that trickle their request head, or
-//! send one without end.
+//! The head guard: closes connections that trickle their request head, as
+//! a backstop, and tells streams when their client closed.
 //!
 //! tiny_http reads a request head with no deadline and no size limit, and
 //! never lets a handler reach a connection's socket. The listener's read
@@ -36,16 +36,6 @@
 //!    `getpeername`/`getsockname` that the descriptor is still that
 //!    connection, and shuts it down both ways. tiny_http's reader then gets
 //!    EOF and frees its thread; the client sees the connection closed.
-//!
-//! 4. Every [`WATCH_TICK`] the guard looks at the server's resident memory
-//!    (`/proc/self/statm`, one `pread`). When it grew by [`MEMORY_GROWTH`],
-//!    the next read comes at once and asks the kernel, through netlink, how
-//!    many bytes each socket has received (`tcp_info`); a socket that has
-//!    received more than [`head_bytes_limit`] (a head, a body and room to
-//!    spare) without a request head, since it was opened or since the last
-//!    such count, is shut down like a trickler. Such reads come at most
-//!    once per ten times their own cost. With only the text tables (no
-//!    netlink) there is no count, and only the deadline applies.
 //!
 //! Cost of a cycle through the text tables (netlink skips the formatting
 //! and the parsing: with 10,000 streams held by clients on the same host,
@@ -97,7 +87,6 @@ use std::time::{Duration, Instant};
 
 use crate::broker::HangUp;
 use crate::periodic::Periodic;
-use crate::rss_watch::RssWatch;
 
 /// How often the guard reads the socket table.
 pub const PERIOD: Duration = Duration::from_secs(2);
@@ -125,20 +114,6 @@ pub const HEAD_GRACE_READS: u64 = 3;
 /// The guard spends at most about 1/`CPU_SHARE` of one core: a read of the
 /// table that took `t` is followed by a pause of at least `CPU_SHARE * t`.
 pub const CPU_SHARE: u32 = 20;
-
-/// How often the guard looks at the server's resident memory.
-pub const WATCH_TICK: Duration = Duration::from_millis(50);
-
-/// Growth of the resident memory that brings the next read of the socket
-/// table forward, with each connection's bytes counted.
-pub const MEMORY_GROWTH: u64 = 4 << 20;
-
-/// A read brought forward by growing memory comes at most once per this
-/// many times the last read's cost (at most ~10 % of a core).
-const COUNTED_READ_SHARE: u32 = 10;
-
-/// Room over a head and a body in [`head_bytes_limit`].
-const HEAD_BYTES_SLACK: u64 = 64 * 1024;
 
 /// TCP_ESTABLISHED in `/proc/net/tcp`'s `st` column.
 const ESTABLISHED: u8 = 0x01;
@@ -359,11 +334,6 @@ struct Tracked {
     first_seen: Instant,
     last_scan: u64,
     last_head: Option<Instant>,
-    /// Bytes received since it was opened, as the current read listed it
-    /// (when the read asked).
-    received_now: Option<u64>,
-    /// The same at the last read that asked, and when that read began.
-    measured: Option<(u64, Instant)>,
 }
 
 /// The guard's bookkeeping, without sockets: which connections it has seen
@@ -416,18 +386,6 @@ impl Tracker {
     /// Takes in one socket of the read begun last, seen at `now`. A socket
     /// whose peer has an open stream (`is_stream`) is passed over.
     pub fn observe(&mut self, now: Instant, seen: Seen, is_stream: impl Fn(SocketAddr) -> bool) {
-        self.observe_received(now, seen, None, is_stream);
-    }
-
-    /// [`Tracker::observe`], with the bytes the socket has received since it
-    /// was opened, for [`Tracker::overlong_heads`].
-    pub fn observe_received(
-        &mut self,
-        now: Instant,
-        seen: Seen,
-        received: Option<u64>,
-        is_stream: impl Fn(SocketAddr) -> bool,
-    ) {
         let scan = self.scan;
         if let Some(last_scan) = self.exempt.get_mut(&seen.inode) {
             *last_scan = scan;
@@ -442,15 +400,12 @@ impl Tracker {
             first_seen: now,
             last_scan: scan,
             last_head: None,
-            received_now: None,
-            measured: None,
         };
         let tracked = self.sockets.entry(seen.inode).or_insert(fresh);
         if tracked.peer != seen.peer {
             *tracked = fresh;
         }
         tracked.last_scan = scan;
-        tracked.received_now = received;
     }
 
     /// Ends the read begun last, with the heads received since the one
@@ -517,41 +472,6 @@ impl Tracker {
         tricklers
     }
 
-    /// Returns the sockets of the last read (which must have asked for the
-    /// bytes received, and been ended with [`Tracker::end_read`], which
-    /// matches the heads) that received more than `limit` bytes without a
-    /// request head: since they were opened, for sockets that never sent
-    /// one; since the last read that asked, for sockets that sent none
-    /// since then. tiny_http holds an unfinished head in memory, however
-    /// long. `now`: when this read began.
-    pub fn overlong_heads(&mut self, now: Instant, limit: u64) -> Vec<Seen> {
-        let scan = self.scan;
-        let mut overlong = Vec::new();
-        for (inode, t) in &mut self.sockets {
-            let Some(received) = t.received_now.take() else {
-                continue;
-            };
-            if t.last_scan != scan {
-                continue;
-            }
-            let since = match (t.measured, t.last_head) {
-                (_, None) => Some(0),
-                (Some((bytes, at)), Some(head)) if head <= at => Some(bytes),
-                // A head since the last count (or no count before it): the
-                // bytes so far may all be requests'.
-                _ => None,
-            };
-            if since.is_some_and(|since| received.saturating_sub(since) > limit) {
-                overlong.push(Seen {
-                    inode: *inode,
-                    peer: t.peer,
-                });
-            }
-            t.measured = Some((received, now));
-        }
-        overlong
-    }
-
     /// Forgets a socket: it was shut down, or it carries a stream.
     fn forget(&mut self, inode: u64) {
         self.sockets.remove(&inode);
@@ -584,13 +504,11 @@ pub struct HeadGuard {
 
 impl HeadGuard {
     /// Starts guarding the connections to local port `port`, learning of
-    /// request heads from `log`; a connection that sends more than
-    /// `head_bytes` bytes without a request head is closed too (see
-    /// [`head_bytes_limit`]).
+    /// request heads from `log`.
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub fn start(port: u16, log: Arc<HeadLog>, head_bytes: u64) -> io::Result<HeadGuard> {
+    pub fn start(port: u16, log: Arc<HeadLog>) -> io::Result<HeadGuard> {
         let mut cycle = Cycle {
             port,
             log,
@@ -599,21 +517,13 @@ impl HeadGuard {
             netlink: true,
             warned: false,
             pause: PERIOD,
-            head_bytes,
-            memory: RssWatch::new(),
-            next_read: Instant::now() + PERIOD,
-            next_counted_read: Instant::now(),
         };
-        let thread = Periodic::start("head-guard", WATCH_TICK, move || cycle.tick())?;
+        let thread = Periodic::start("head-guard", PERIOD, move || {
+            cycle.run();
+            cycle.pause
+        })?;
         Ok(HeadGuard { _thread: thread })
     }
-}
-
-/// The bytes a connection may send without a request head before it is
-/// closed: a head of `max_head` bytes, then a body of `max_body` (which
-/// may arrive after the head was counted), with room to spare.
-pub fn head_bytes_limit(max_head: usize, max_body: usize) -> u64 {
-    (max_head as u64) + (max_body as u64) + HEAD_BYTES_SLACK
 }
 
 /// What the guard keeps from one read of the socket table to the next.
@@ -626,40 +536,17 @@ struct Cycle {
     /// that fails once; `/proc/net/tcp` then.
     netlink: bool,
     warned: bool,
+    /// The pause before the next read: [`PERIOD`], or more when reads get
+    /// costly ([`CPU_SHARE`]).
     pause: Duration,
-    /// See [`head_bytes_limit`].
-    head_bytes: u64,
-    memory: RssWatch,
-    /// When the next read of the socket table is due.
-    next_read: Instant,
-    /// The earliest time a read brought forward by growing memory may run.
-    next_counted_read: Instant,
 }
 
 impl Cycle {
-    /// Looks at the server's memory every [`WATCH_TICK`]; reads the socket
-    /// table when due, or at once, counting each connection's bytes, when
-    /// the memory grew by [`MEMORY_GROWTH`] (a client may be sending an
-    /// endless head, which tiny_http keeps in memory as fast as it comes).
-    fn tick(&mut self) -> Duration {
-        let now = Instant::now();
-        let grew = now >= self.next_counted_read && self.netlink && self.memory.grew(MEMORY_GROWTH);
-        if grew || now >= self.next_read {
-            self.run(grew);
-            let cost = now.elapsed();
-            self.next_read = Instant::now() + self.pause;
-            self.next_counted_read = Instant::now() + cost * COUNTED_READ_SHARE;
-        }
-        WATCH_TICK.min(self.next_read.saturating_duration_since(Instant::now()))
-    }
-
-    /// One read of the socket table, closing the tricklers it finds (and,
-    /// when `count_bytes`, the connections sending an overlong head); sets
+    /// One read of the socket table, closing the tricklers it finds; sets
     /// the pause before the next.
-    fn run(&mut self, count_bytes: bool) {
+    fn run(&mut self) {
         let now = Instant::now();
-        let read_any =
-            (self.netlink && self.list_through_netlink(now, count_bytes)) || self.list_from_tables(now);
+        let read_any = (self.netlink && self.list_through_netlink(now)) || self.list_from_tables(now);
         if !read_any {
             if !self.warned {
                 log::warn!(
@@ -671,24 +558,12 @@ impl Cycle {
             return;
         }
         let log = &self.log;
-        let mut tricklers = self.tracker.end_read(now, log.take(), |peer| log.is_stream(peer));
-        let overlong = self.tracker.overlong_heads(now, self.head_bytes);
+        let tricklers = self.tracker.end_read(now, log.take(), |peer| log.is_stream(peer));
         self.pause = PERIOD.max(now.elapsed() * CPU_SHARE);
-        tricklers.retain(|t| !overlong.contains(t));
-        if tricklers.is_empty() && overlong.is_empty() {
+        if tricklers.is_empty() {
             return;
         }
-        // One pass over the descriptors for both kinds.
-        let wanted: Vec<Seen> = overlong.iter().chain(&tricklers).copied().collect();
-        let closed = shut_down(&wanted, self.port);
-        for cut in overlong.iter().filter(|o| closed.contains(o)) {
-            self.tracker.forget(cut.inode);
-            log::warn!(
-                "closed a connection that sent over {} bytes without a complete request head: peer={}",
-                self.head_bytes,
-                cut.peer
-            );
-        }
+        let closed = shut_down(&tricklers, self.port);
         for trickler in &tricklers {
             if closed.contains(trickler) {
                 self.tracker.forget(trickler.inode);
@@ -710,11 +585,11 @@ impl Cycle {
     /// Lists the server's sockets into the tracker through netlink; false
     /// when that failed (the tables are read instead), and for good unless
     /// the failure may pass.
-    fn list_through_netlink(&mut self, now: Instant, count_bytes: bool) -> bool {
+    fn list_through_netlink(&mut self, now: Instant) -> bool {
         self.tracker.begin_read();
         let (tracker, log) = (&mut self.tracker, &self.log);
-        match crate::sock_diag::connections(self.port, count_bytes, |listed, received| match listed {
-            Listed::Open(seen) => tracker.observe_received(now, seen, received, |peer| log.is_stream(peer)),
+        match crate::sock_diag::connections(self.port, |listed| match listed {
+            Listed::Open(seen) => tracker.observe(now, seen, |peer| log.is_stream(peer)),
             Listed::PeerClosed(peer) => log.peer_closed(peer),
         }) {
             Ok(()) => true,
@@ -725,8 +600,7 @@ impl Cycle {
                 false
             }
             Err(e) => {
-                // Slower at scale, and without byte counts (a head sent
-                // without end is then closed only at its deadline).
+                // Slower at scale.
                 log::warn!(
                     "socket diagnostics through netlink failed ({e}); reading /proc/net/tcp from now on"
                 );
@@ -1182,62 +1056,5 @@ mod tests {
             tracker.update(at(19), &[late], HashMap::new(), |_| false),
             vec![late]
         );
-    }
-
-    #[test]
-    fn a_connection_is_cut_for_bytes_it_sent_without_a_head_only() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let never = Seen {
-            inode: 1,
-            peer: addr("127.0.0.1:1001"),
-        };
-        let kept = Seen {
-            inode: 2,
-            peer: addr("127.0.0.1:1002"),
-        };
-        let no_streams = |_| false;
-        let mut tracker = Tracker::new(HEAD_DEADLINE);
-        let read = |tracker: &mut Tracker, now, counts: &[(Seen, Option<u64>)], heads: &[(Seen, Instant)]| {
-            tracker.begin_read();
-            for (seen, received) in counts {
-                tracker.observe_received(now, *seen, *received, no_streams);
-            }
-            let heads = heads.iter().map(|(s, at)| (s.peer, *at)).collect();
-            tracker.end_read(now, heads, no_streams);
-            tracker.overlong_heads(now, 1000)
-        };
-        // `kept` sent a head (and 100,000 bytes of requests); `never` sent
-        // 100 bytes and no head.
-        let first = read(
-            &mut tracker,
-            at(0),
-            &[(never, Some(100)), (kept, Some(100_000))],
-            &[(kept, at(0))],
-        );
-        assert_eq!(first, vec![]);
-        // 5,000 bytes and still no head: cut. 1,000 more for `kept`, no head
-        // since: at the limit, not over it.
-        let second = read(
-            &mut tracker,
-            at(100),
-            &[(never, Some(5000)), (kept, Some(101_000))],
-            &[],
-        );
-        assert_eq!(second, vec![never]);
-        // 50,000 more, with a head in between: requests, not one head.
-        let third = read(
-            &mut tracker,
-            at(200),
-            &[(kept, Some(151_000))],
-            &[(kept, at(150))],
-        );
-        assert_eq!(third, vec![]);
-        // A read that does not count bytes changes nothing.
-        let uncounted = read(&mut tracker, at(250), &[(kept, None)], &[]);
-        assert_eq!(uncounted, vec![]);
-        // 5,000 more since the last count, and no head: cut.
-        let fourth = read(&mut tracker, at(300), &[(kept, Some(156_000))], &[]);
-        assert_eq!(fourth, vec![kept]);
     }
 }

@@ -25,8 +25,7 @@
 //! - [`metrics`] and [`stats`]: counters and their exposition;
 //! - [`listener`]: the listening socket's options;
 //! - [`periodic`]: background threads that work in rounds (keep-awake, head guard, ping clock);
-//! - [`head_guard`]: closing connections that trickle their request head;
-//! - [`rss_watch`]: noticing the server's memory grow fast;
+//! - [`head_guard`]: the backstop for trickled request heads, and streams told of their client closing;
 //! - [`redis_bus`]: several nodes sharing channels through Redis;
 //! - [`server`]: start and stop;
 //! - [`logger`]: log lines on stderr;
@@ -58,7 +57,6 @@ mod redis_reader;
 mod redis_reply;
 mod redis_url;
 mod resp;
-pub mod rss_watch;
 pub mod server;
 mod sock_diag;
 pub mod stats;

@@ -320,10 +320,7 @@ impl Server {
             period
         })
         .map_err(StartError::Thread)?;
-        let head_bytes =
-            crate::head_guard::head_bytes_limit(crate::http::MAX_HEAD_BYTES, app.config.max_body);
-        let head_guard =
-            HeadGuard::start(addr.port(), Arc::clone(&app.heads), head_bytes).map_err(StartError::Thread)?;
+        let head_guard = HeadGuard::start(addr.port(), Arc::clone(&app.heads)).map_err(StartError::Thread)?;
         let keep_awake = KeepAwake::start(listener::connect_address(addr)).map_err(StartError::Thread)?;
         let dispatch_app = Arc::clone(&app);
         let dispatcher = std::thread::Builder::new()

@@ -12,9 +12,7 @@
 //! Messages (`linux/netlink.h`, `linux/inet_diag.h`) are built and read as
 //! bytes here: a request per address family (`SOCK_DIAG_BY_FAMILY`, dump of
 //! the ESTABLISHED and CLOSE_WAIT TCP sockets), answered by one `inet_diag_msg` per socket
-//! and a closing `NLMSG_DONE`. Asked for, each socket's `inet_diag_msg` is
-//! followed by its `struct tcp_info` (`INET_DIAG_INFO`, ~4 times the bytes),
-//! of which only the count of bytes received is read.
+//! and a closing `NLMSG_DONE`.
 //!
 //! A stream asks about its own connection alone ([`bytes_acknowledged`]):
 //! a request naming the connection's addresses, answered with that one
@@ -51,9 +49,6 @@ const TCP_CLOSE_WAIT: u32 = 8;
 const DIAG_MSG: usize = 72;
 /// The attribute carrying a socket's `struct tcp_info`.
 const INET_DIAG_INFO: u16 = 2;
-/// Where `tcpi_bytes_received` (a `u64`, Linux 4.1 and later) sits in
-/// `struct tcp_info`.
-const TCP_INFO_BYTES_RECEIVED: usize = 128;
 /// Where `tcpi_bytes_acked` (a `u64`, Linux 4.1 and later) sits in
 /// `struct tcp_info`.
 const TCP_INFO_BYTES_ACKED: usize = 120;
@@ -72,28 +67,17 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_DATAGRAMS: usize = 100_000;
 
 /// Calls `each` with the ESTABLISHED and CLOSE_WAIT TCP sockets, IPv4 and
-/// IPv6, whose local port is `port`; with `bytes_received`, also with how
-/// many bytes each has received since it was opened (`None` when the kernel
-/// did not say).
+/// IPv6, whose local port is `port`.
 ///
 /// # Errors
 /// When netlink socket diagnostics cannot be used (no such socket family,
 /// not allowed, an error reply or no reply in time).
-pub fn connections(
-    port: u16,
-    bytes_received: bool,
-    mut each: impl FnMut(Listed, Option<u64>),
-) -> io::Result<()> {
+pub fn connections(port: u16, mut each: impl FnMut(Listed)) -> io::Result<()> {
     let fd = diag_socket()?;
     let kernel = NetlinkAddr::new(0, 0);
     let mut buffer = vec![0u8; 32 * 1024];
     for (seq, family) in [(1u32, AF_INET), (2, AF_INET6)] {
-        sendto(
-            fd.as_raw_fd(),
-            &request(family, seq, bytes_received),
-            &kernel,
-            MsgFlags::empty(),
-        )?;
+        sendto(fd.as_raw_fd(), &request(family, seq), &kernel, MsgFlags::empty())?;
         let mut done = false;
         for _ in 0..MAX_DATAGRAMS {
             let n = recv(fd.as_raw_fd(), &mut buffer, MsgFlags::empty())?;
@@ -217,14 +201,12 @@ pub fn is_transient(error: &io::Error) -> bool {
         .is_some_and(|code| transient.iter().any(|e| *e as i32 == code))
 }
 
-/// A dump request for the ESTABLISHED and CLOSE_WAIT TCP sockets of `family`, with their
-/// `tcp_info` when `info`.
-fn request(family: u8, seq: u32, info: bool) -> Vec<u8> {
+/// A dump request for the ESTABLISHED and CLOSE_WAIT TCP sockets of `family`.
+fn request(family: u8, seq: u32) -> Vec<u8> {
     let mut message = request_head(NLM_F_REQUEST | NLM_F_DUMP, seq);
     // struct inet_diag_req_v2: family, protocol, extensions, pad, states,
     // then a zeroed inet_diag_sockid (48 bytes: match any).
-    let extensions = if info { 1u8 << (INET_DIAG_INFO - 1) } else { 0 };
-    message.extend_from_slice(&[family, IPPROTO_TCP, extensions, 0]);
+    message.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
     message.extend_from_slice(&((1u32 << TCP_ESTABLISHED) | (1u32 << TCP_CLOSE_WAIT)).to_ne_bytes());
     message.resize(REQUEST_LENGTH, 0);
     message
@@ -333,7 +315,7 @@ fn parse_datagram(
     mut datagram: &[u8],
     seq: u32,
     port: u16,
-    each: &mut impl FnMut(Listed, Option<u64>),
+    each: &mut impl FnMut(Listed),
 ) -> io::Result<bool> {
     while datagram.len() >= NLMSG_HEADER {
         let length = u32_at(datagram, 0) as usize;
@@ -350,10 +332,7 @@ fn parse_datagram(
                 }
                 SOCK_DIAG_BY_FAMILY => {
                     if let Some(listed) = parse_socket(payload, port) {
-                        each(
-                            listed,
-                            tcp_info_u64(&payload[DIAG_MSG..], TCP_INFO_BYTES_RECEIVED),
-                        );
+                        each(listed);
                     }
                 }
                 _ => {}
@@ -462,7 +441,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server_side, _) = listener.accept().unwrap();
         let mut seen = Vec::new();
-        match connections(port, false, |s, _| seen.push(s)) {
+        match connections(port, |s| seen.push(s)) {
             Ok(()) => {}
             Err(e) => {
                 // Sandboxes may refuse netlink; the guard then reads
@@ -527,7 +506,7 @@ mod tests {
         closed[1] = TCP_CLOSE_WAIT as u8;
         datagram.extend(message(SOCK_DIAG_BY_FAMILY, 7, &closed));
         let mut seen = Vec::new();
-        assert!(!parse_datagram(&datagram, 7, 8000, &mut |s, _| seen.push(s)).unwrap());
+        assert!(!parse_datagram(&datagram, 7, 8000, &mut |s| seen.push(s)).unwrap());
         assert_eq!(
             seen,
             vec![
@@ -540,42 +519,15 @@ mod tests {
             "not: another port, inode 0, another request's reply"
         );
         let done = message(NLMSG_DONE, 7, &0i32.to_ne_bytes());
-        assert!(parse_datagram(&done, 7, 8000, &mut |_, _| {}).unwrap());
+        assert!(parse_datagram(&done, 7, 8000, &mut |_| {}).unwrap());
         let refused = message(NLMSG_ERROR, 7, &(-1i32).to_ne_bytes());
-        let error = parse_datagram(&refused, 7, 8000, &mut |_, _| {}).unwrap_err();
+        let error = parse_datagram(&refused, 7, 8000, &mut |_| {}).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(1));
         let cut = &datagram[..20];
         assert!(
-            parse_datagram(cut, 7, 8000, &mut |_, _| {}).is_err(),
+            parse_datagram(cut, 7, 8000, &mut |_| {}).is_err(),
             "a truncated message is an error"
         );
-    }
-
-    #[test]
-    fn counts_the_bytes_a_connection_received() {
-        use std::io::Write;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_server_side, _) = listener.accept().unwrap();
-        client.write_all(&[b'x'; 5000]).unwrap();
-        let mut received = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            received.clear();
-            if let Err(e) = connections(port, true, |_, bytes| received.push(bytes)) {
-                eprintln!("sock_diag unavailable here ({e}): skipped");
-                return;
-            }
-            if received == [Some(5000)] || std::time::Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(received, [Some(5000)]);
-        let mut without = Vec::new();
-        connections(port, false, |_, bytes| without.push(bytes)).unwrap();
-        assert_eq!(without, [None], "not asked for");
     }
 
     #[test]
@@ -666,20 +618,20 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_bytes_received_from_the_tcp_info_attribute() {
+    fn reads_a_count_from_the_tcp_info_attribute() {
         let mut info = vec![0u8; 232];
-        info[TCP_INFO_BYTES_RECEIVED..TCP_INFO_BYTES_RECEIVED + 8].copy_from_slice(&123_456u64.to_ne_bytes());
+        info[TCP_INFO_BYTES_ACKED..TCP_INFO_BYTES_ACKED + 8].copy_from_slice(&123_456u64.to_ne_bytes());
         let mut attributes = attribute(1, &[7, 7, 7]);
         attributes.extend(attribute(INET_DIAG_INFO, &info));
-        assert_eq!(tcp_info_u64(&attributes, TCP_INFO_BYTES_RECEIVED), Some(123_456));
+        assert_eq!(tcp_info_u64(&attributes, TCP_INFO_BYTES_ACKED), Some(123_456));
         assert_eq!(
-            tcp_info_u64(&attribute(INET_DIAG_INFO, &info[..100]), TCP_INFO_BYTES_RECEIVED),
+            tcp_info_u64(&attribute(INET_DIAG_INFO, &info[..100]), TCP_INFO_BYTES_ACKED),
             None,
             "too old a kernel"
         );
-        assert_eq!(tcp_info_u64(&attribute(1, &info), TCP_INFO_BYTES_RECEIVED), None);
+        assert_eq!(tcp_info_u64(&attribute(1, &info), TCP_INFO_BYTES_ACKED), None);
         assert_eq!(
-            tcp_info_u64(&attributes[..6], TCP_INFO_BYTES_RECEIVED),
+            tcp_info_u64(&attributes[..6], TCP_INFO_BYTES_ACKED),
             None,
             "truncated"
         );
