@@ -508,17 +508,34 @@ struct StreamStart {
     slot: StreamSlot,
 }
 
+/// Where a stream starts, from its `Last-Event-ID`: worked out before its
+/// thread starts, which then keeps no id text (the parse and the free of
+/// one went a stack page deeper than a stream's wait, a page then resident
+/// for the stream's whole life, in the static musl build).
+enum Resume {
+    /// The demo stream's first id.
+    Demo(DecimalId),
+    /// A channel stream's last id seen, when it fits one of ours (a larger
+    /// one is no id of ours: ignored).
+    After(Option<broker::EventId>),
+}
+
 /// What a stream's thread needs to know of its request.
 struct StreamRequest {
     demo: bool,
     channels: Vec<String>,
-    last_id: Option<DecimalId>,
+    resume: Resume,
     http10: bool,
     peer: Option<SocketAddr>,
 }
 
 fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     let last_id = last_event_id(&request, query);
+    let resume = if demo {
+        Resume::Demo(last_id.map_or_else(DecimalId::one, DecimalId::next))
+    } else {
+        Resume::After(last_id.and_then(|id| id.to_event_id()))
+    };
     let channels: Vec<String> = if demo {
         Vec::new()
     } else {
@@ -541,7 +558,7 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     let params = StreamRequest {
         demo,
         channels,
-        last_id,
+        resume,
         http10: keep_alive::is_http10(&request),
         peer,
     };
@@ -655,30 +672,31 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
 #[inline(never)]
 fn stream_source(app: &Arc<App>, writer: &mut TcpStream, params: StreamRequest) -> Option<Source> {
     let StreamRequest {
-        demo,
+        demo: _,
         channels: names,
-        last_id,
+        resume,
         http10,
         peer,
     } = params;
-    if demo {
-        let hung_up = match peer {
-            Some(peer) => {
-                let (signal, hung_up) = crossbeam_channel::bounded(1);
-                app.heads.stream_subscribed(peer, HangUp::signal(signal));
-                hung_up
-            }
-            None => crossbeam_channel::never(),
-        };
-        let source = Source::Demo {
-            first_id: last_id.map_or_else(DecimalId::one, DecimalId::next),
-            every: app.config.tick_interval,
-            hung_up,
-        };
-        return Some(source);
-    }
-    // An id too large for any of ours is no id of ours: ignored.
-    let last_id = last_id.and_then(|id| id.to_event_id());
+    let last_id = match resume {
+        Resume::After(last_id) => last_id,
+        Resume::Demo(first_id) => {
+            let hung_up = match peer {
+                Some(peer) => {
+                    let (signal, hung_up) = crossbeam_channel::bounded(1);
+                    app.heads.stream_subscribed(peer, HangUp::signal(signal));
+                    hung_up
+                }
+                None => crossbeam_channel::never(),
+            };
+            let source = Source::Demo {
+                first_id,
+                every: app.config.tick_interval,
+                hung_up,
+            };
+            return Some(source);
+        }
+    };
     if let (Some(bus), Some(after)) = (&app.redis, last_id) {
         bus.backfill(&names, after);
     }
