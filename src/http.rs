@@ -311,8 +311,10 @@ fn too_many_streams(app: &App) -> ApiError {
 /// opening a stream; the connection is ended.
 fn open_stream_head(app: &Arc<App>, request: Request, path: &str, query: &str) {
     if path == "/events" {
-        if let Err(e) = broker::validate_subscription(&requested_channels(query)) {
-            return respond_error(app, request, e.into());
+        let checked = requested_channels(query)
+            .and_then(|channels| broker::validate_subscription(&channels).map_err(ApiError::from));
+        if let Err(e) = checked {
+            return respond_error(app, request, e);
         }
     }
     if app.stats.open_streams() >= app.config.max_connections as u64 {
@@ -334,11 +336,19 @@ fn stream_head(app: &App, request: Request) {
     }
 }
 
-/// The `channel` values of a stream request's query, as given.
-fn requested_channels(query: &str) -> Vec<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .filter(|(k, _)| k == "channel")
-        .map(|(_, v)| v.into_owned())
+/// The `channel` values of a stream request's query, as given; an error
+/// for one that is not UTF-8 once percent-decoded (as a publish says it).
+fn requested_channels(query: &str) -> Result<Vec<String>, ApiError> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (publish::query_decode(key) == b"channel").then_some(value)
+        })
+        .map(|value| {
+            String::from_utf8(publish::query_decode(value))
+                .map_err(|_| PublishError::QueryNotUtf8("channel").into())
+        })
         .collect()
 }
 
@@ -536,14 +546,19 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
     } else {
         Resume::After(last_id.and_then(|id| id.to_event_id()))
     };
-    let channels: Vec<String> = if demo {
-        Vec::new()
+    let channels = if demo {
+        Ok(Vec::new())
     } else {
         requested_channels(query)
     };
-    if let Err(e) = broker::validate_subscription(&channels) {
-        return respond_error(app, request, e.into());
-    }
+    let channels = match channels.and_then(|c| {
+        broker::validate_subscription(&c)
+            .map(|()| c)
+            .map_err(ApiError::from)
+    }) {
+        Ok(channels) => channels,
+        Err(e) => return respond_error(app, request, e),
+    };
     let Some(slot) = app.stats.try_open_stream(app.config.max_connections) else {
         let error = too_many_streams(app);
         let peer = request.remote_addr().copied();

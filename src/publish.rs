@@ -371,7 +371,7 @@ fn compact_json(json: &str) -> String {
 /// A query key or value decoded as `form_urlencoded` does (`+` is a
 /// space, `%XX` a byte), as bytes: `form_urlencoded` itself would turn
 /// bytes that are not UTF-8 into U+FFFD, where a publish refuses them.
-fn query_decode(raw: &str) -> Vec<u8> {
+pub(crate) fn query_decode(raw: &str) -> Vec<u8> {
     percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect()
 }
 

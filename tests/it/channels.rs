@@ -644,6 +644,11 @@ fn bad_publishes_and_subscriptions_get_400_saying_what_is_wrong() {
     for (query, says) in [
         ("channel=a%20b", "channel"),
         ("channel=", "channel"),
+        // Said as a publish says it (was: the name shown with U+FFFD).
+        (
+            "channel=a%FFb",
+            "query parameter 'channel' is not valid UTF-8 once percent-decoded",
+        ),
         (&format!("channel={long}") as &str, "channel"),
         (
             &(0..33)
