@@ -107,13 +107,7 @@ impl RedisServer {
 
     /// Sends `signal` (`STOP`, `CONT`) to it.
     fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("redis-server running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid} failed");
+        send_signal(self.child.as_ref().expect("redis-server running").id(), signal);
     }
 
     /// Starts it again on the same port, empty.

@@ -211,14 +211,9 @@ impl TestServer {
             .count()
     }
 
-    /// Sends `signal` (`TERM`, `INT`, `KILL`) to it.
+    /// Sends `signal` (`TERM`, `INT`, `KILL`, `STOP`, `CONT`) to it.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
+        send_signal(self.pid(), signal);
     }
 
     /// Waits for it to exit, at most `timeout`.
@@ -965,4 +960,38 @@ pub fn parse_event(block: &str) -> Option<SseEvent> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends `signal` to process `pid` with `kill`; for `STOP`, returns once
+/// every thread of it has stopped (the signal is delivered to each thread
+/// as it next runs: a thread that was running may go on for a moment).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+    if signal != "STOP" {
+        return;
+    }
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            // "TID (comm) STATE ...": the state follows the last ')'.
+            std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                })
+                .unwrap_or(true)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), all_stopped),
+        "process {pid} not stopped 10 s after SIGSTOP"
+    );
 }
