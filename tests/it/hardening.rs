@@ -1277,8 +1277,13 @@ fn requests_pipelined_behind_a_stream_do_not_stall_the_server() {
 /// connection and what it answered, or `None` if it was still open after
 /// `deadline`.
 fn trickle_until_closed(addr: std::net::SocketAddr, deadline: Duration) -> Option<(Duration, String)> {
+    trickle_on(TcpStream::connect(addr).expect("connect"), deadline)
+}
+
+/// [`trickle_until_closed`] on a connection already open; the time is
+/// counted from the request line.
+fn trickle_on(mut s: TcpStream, deadline: Duration) -> Option<(Duration, String)> {
     let started = Instant::now();
-    let mut s = TcpStream::connect(addr).expect("connect");
     s.write_all(b"GET / HTTP/1.1\r\n").expect("send the request line");
     let mut answer = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -1301,6 +1306,35 @@ fn trickle_until_closed(addr: std::net::SocketAddr, deadline: Duration) -> Optio
         }
     }
     None
+}
+
+#[test]
+fn a_later_request_head_has_ten_seconds_from_its_first_byte() {
+    // On a kept-alive connection the next head's clock starts with its
+    // first byte, not at the accept: 3 s idle, then 10 s of trickling.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let mut s = TcpStream::connect(server.addr).expect("connect");
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    let mut first = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&first).ends_with('}') {
+        let n = s.read(&mut chunk).expect("the first answer");
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&first));
+        first.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        first.starts_with(b"HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&first)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (after, answer) = trickle_on(s, Duration::from_secs(20)).expect("closed within 20 s");
+    assert!(
+        after >= Duration::from_millis(9_900) && after <= Duration::from_secs(13),
+        "closed {after:?} after the second request line"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
 }
 
 #[test]
