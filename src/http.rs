@@ -276,22 +276,30 @@ fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
 /// (`http://host:port/path?query`, which servers must accept, RFC 9112
 /// 3.2.2) loses its scheme and authority.
 fn origin_form(target: &str) -> String {
-    let starts = |prefix: &str| {
-        target
-            .get(..prefix.len())
-            .is_some_and(|s| s.eq_ignore_ascii_case(prefix))
+    let Some((_, rest)) = split_absolute(target) else {
+        return target.to_string();
     };
-    let scheme = match () {
-        () if starts("http://") => "http://".len(),
-        () if starts("https://") => "https://".len(),
-        () => return target.to_string(),
-    };
-    let rest = &target[scheme..];
     match rest.find(['/', '?']) {
         Some(at) if rest.as_bytes()[at] == b'/' => rest[at..].to_string(),
         Some(at) => format!("/{}", &rest[at..]),
         None => "/".to_string(),
     }
+}
+
+/// The authority of an absolute-form target, which stands for the `Host`
+/// header (RFC 9112 3.2.2: the server must use it and ignore `Host`).
+fn target_authority(target: &str) -> Option<&str> {
+    let (_, rest) = split_absolute(target)?;
+    Some(&rest[..rest.find(['/', '?']).unwrap_or(rest.len())])
+}
+
+/// An `http://` or `https://` target (any case) as its scheme and the rest.
+fn split_absolute(target: &str) -> Option<(&str, &str)> {
+    ["http://", "https://"].into_iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| (head, &target[scheme.len()..]))
+    })
 }
 
 /// The `503` for a stream past `--max-connections`.
@@ -905,7 +913,7 @@ fn publish_request(
 /// event name. Returns the query's fields.
 fn check_publish_head(app: &App, request: &Request, query: &str) -> Result<publish::QueryFields, ApiError> {
     if let Some(origin) = request_header(request, "Origin") {
-        let host = request_header(request, "Host");
+        let host = target_authority(request.url()).or_else(|| request_header(request, "Host"));
         if !origin_may_publish(origin, host, app.config.cors_origin.as_deref()) {
             let message = match app.config.cors_origin.as_deref() {
                 Some(allowed) => format!(
@@ -1147,6 +1155,17 @@ mod tests {
         assert_eq!(decode_unreserved("/%20x%"), "/%20x%");
         assert_eq!(decode_unreserved("/%6"), "/%6");
         assert_eq!(decode_unreserved("/%zz"), "/%zz");
+    }
+
+    #[test]
+    fn an_absolute_target_names_the_host() {
+        assert_eq!(
+            target_authority("http://a.example:8000/publish?x"),
+            Some("a.example:8000")
+        );
+        assert_eq!(target_authority("HTTPS://a.example?x"), Some("a.example"));
+        assert_eq!(target_authority("http://a.example"), Some("a.example"));
+        assert_eq!(target_authority("/publish"), None);
     }
 
     #[test]

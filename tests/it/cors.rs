@@ -373,6 +373,17 @@ fn a_page_of_another_origin_cannot_publish_unless_allowed() {
     assert_eq!(from(&format!("http://{addr}")).status, 200);
     assert_eq!(http(addr, "POST", "/publish?channel=news", &[], b"x").status, 200);
     assert_eq!(metric(addr, "tinysse_events_published_total"), 2.0);
+    // An absolute-form target names the host in place of Host (RFC 9112,
+    // 3.2.2), as a client talking through a proxy sends it.
+    let absolute = |origin: &str| {
+        let request = format!(
+            "POST http://{addr}/publish?channel=news HTTP/1.1\r\nHost: proxy.internal\r\nOrigin: {origin}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+        );
+        parse_response(&answer_to(addr, request.as_bytes())).status
+    };
+    assert_eq!(absolute(&format!("http://{addr}")), 200);
+    assert_eq!(absolute("http://proxy.internal"), 403);
+    assert_eq!(metric(addr, "tinysse_events_published_total"), 3.0);
 
     let allowed = TestServer::start(&["--cors-origin", ORIGIN]);
     let from = |origin: &str| {

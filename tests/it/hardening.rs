@@ -124,17 +124,6 @@ fn unfinished_request_heads_are_closed_while_health_answers() {
     assert_eq!(get(server.addr, "/health").status, 200);
 }
 
-/// Sends `request` on a connection of its own and reads until the server
-/// closes it (at most [`LONG`]); a refused write shows as a short answer.
-fn answer_to(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let _ = s.write_all(request);
-    s.set_read_timeout(Some(LONG)).unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    answer
-}
-
 /// Asserts that `answer` is a whole error answer with status `status` and
 /// a JSON body `{"error": "..."}` of its `Content-Length`; returns the
 /// message.

@@ -884,6 +884,18 @@ pub fn publish_in_progress_of(addr: SocketAddr, channel: &str, length: usize) ->
     publishing
 }
 
+/// Sends `request` on a connection of its own and reads until the server
+/// closes it (a read waits 15 s at most); a refused write shows as a short
+/// answer.
+pub fn answer_to(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let _ = s.write_all(request);
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    answer
+}
+
 /// Writes `request` on a kept-alive `connection` and reads one answer, whole
 /// by its `Content-Length`; or what came before the connection closed or
 /// its read timeout passed.
