@@ -384,7 +384,20 @@ fn parse_origin(value: &str) -> Result<Option<String>, String> {
     if value == "*" {
         return Ok(Some(value.to_string()));
     }
+    if value == "null" {
+        return Err(
+            "'null' is the Origin of sandboxed and file:// pages, which any page can \
+                    make for itself: it cannot be allowed alone (* allows every origin)"
+                .into(),
+        );
+    }
     let (scheme, host) = value.split_once("://").ok_or(HINT)?;
+    if !host.is_ascii() {
+        return Err(
+            "write the host in its ASCII form (xn--... for an international name), as browsers send it"
+                .into(),
+        );
+    }
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
         && scheme
             .chars()
@@ -392,13 +405,28 @@ fn parse_origin(value: &str) -> Result<Option<String>, String> {
     let host_ok = !host.is_empty()
         && host
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:[]".contains(c));
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._:[]".contains(c));
     if !(scheme_ok && host_ok) {
         return Err(HINT.into());
     }
+    if matches!(scheme, "file" | "ws" | "wss") {
+        return Err(format!(
+            "no page sends an Origin with {scheme}:// (a file:// page sends 'null'); {HINT}"
+        ));
+    }
     // What a browser would send as this origin's port, if it is one.
-    let (name, port) = split_port(host).ok_or(HINT)?;
-    if name.is_empty() || name.contains(':') && !name.starts_with('[') {
+    let (name, port) = split_port(host).ok_or_else(|| match host.ends_with(':') {
+        true => format!("a ':' without a port; {HINT}"),
+        false => HINT.to_string(),
+    })?;
+    let port_part = port.map(|p| format!(":{p}")).unwrap_or_default();
+    if let Some(canonical) = canonical_address(name)? {
+        if canonical != name {
+            return Err(format!(
+                "write the address as browsers send it: {scheme}://{canonical}{port_part}"
+            ));
+        }
+    } else if name.is_empty() || name.contains([':', '[', ']']) {
         return Err(HINT.into());
     }
     if let Some(port) = port {
@@ -410,8 +438,8 @@ fn parse_origin(value: &str) -> Result<Option<String>, String> {
                 format!("port {port:?}: expected a number from 1 to 65535, without leading zeros")
             })?;
         let default = match scheme {
-            "http" | "ws" => Some(80),
-            "https" | "wss" => Some(443),
+            "http" => Some(80),
+            "https" => Some(443),
             _ => None,
         };
         if default == Some(number) {
@@ -421,6 +449,32 @@ fn parse_origin(value: &str) -> Result<Option<String>, String> {
         }
     }
     Ok(Some(value.to_string()))
+}
+
+/// An origin's host `name` that is an IP address, as browsers write it
+/// (`[::1]`, `127.0.0.1`), or `None` for a domain name. An IPv4 address
+/// in another form (leading zeros, hex, fewer parts: browsers read any
+/// name whose last part is a number so) is an error, its canonical form
+/// left to the user.
+fn canonical_address(name: &str) -> Result<Option<String>, String> {
+    if let Some(inner) = name.strip_prefix('[') {
+        let address = inner
+            .strip_suffix(']')
+            .and_then(|inner| inner.parse::<std::net::Ipv6Addr>().ok())
+            .ok_or_else(|| format!("{name:?} is not an IPv6 address"))?;
+        return Ok(Some(format!("[{address}]")));
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let numeric = !last.is_empty() && (last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x"));
+    if !numeric {
+        return Ok(None);
+    }
+    match name.parse::<std::net::Ipv4Addr>() {
+        Ok(address) => Ok(Some(address.to_string())),
+        Err(_) => Err(format!(
+            "{name:?}: write an IPv4 address in plain dotted decimal (127.0.0.1), as browsers send it"
+        )),
+    }
 }
 
 /// `host` (`name`, `name:port`, `[v6]` or `[v6]:port`) as its name and its
@@ -642,6 +696,40 @@ mod tests {
                 err.contains("--cors-origin") && err.contains("no trailing slash"),
                 "{bad:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn cors_origin_hosts_are_as_a_browser_would_send_them() {
+        let origin = |v: &str| run(&["--cors-origin", v], &[]).map(|c| c.cors_origin);
+        // Docker Compose service names: Chromium sends them as they are.
+        assert_eq!(
+            origin("http://web_app:3000"),
+            Ok(Some("http://web_app:3000".into()))
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:3000"),
+            Ok(Some("http://127.0.0.1:3000".into()))
+        );
+        assert_eq!(
+            origin("chrome-extension://abcdef"),
+            Ok(Some("chrome-extension://abcdef".into()))
+        );
+        for (bad, says) in [
+            ("http://[0:0:0:0:0:0:0:1]:8080", "http://[::1]:8080"),
+            ("http://[::1:8080", "expected * or an origin"),
+            ("http://[::g]", "not an IPv6 address"),
+            ("http://127.000.0.1:3000", "plain dotted decimal"),
+            ("http://0x7f.0.0.1", "plain dotted decimal"),
+            ("http://127.1", "plain dotted decimal"),
+            ("http://b\u{fc}cher.example", "xn--"),
+            ("null", "sandboxed"),
+            ("file://x", "file://"),
+            ("ws://x", "ws://"),
+            ("http://x:", "without a port"),
+        ] {
+            let err = origin(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 

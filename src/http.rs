@@ -916,6 +916,8 @@ fn check_publish_head(app: &App, request: &Request, query: &str) -> Result<publi
         let host = target_authority(request.url()).or_else(|| request_header(request, "Host"));
         if !origin_may_publish(origin, host, app.config.cors_origin.as_deref()) {
             let message = match app.config.cors_origin.as_deref() {
+                // Sandboxed frames and file:// pages: no origin to name.
+                _ if origin == "null" => "a page with an opaque origin (Origin: null: a sandboxed frame, a file:// page) may not publish here: only this server's own pages and the origin of --cors-origin may (--cors-origin '*' allows every origin)".to_string(),
                 Some(allowed) => format!(
                     "a page from {origin} may not publish here: only this server's own pages and {allowed} (--cors-origin) may"
                 ),

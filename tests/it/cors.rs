@@ -369,6 +369,14 @@ fn a_page_of_another_origin_cannot_publish_unless_allowed() {
             .contains("start the server with --cors-origin https://evil.example to allow it"),
         "says how to allow it: {foreign:?}"
     );
+    // `--cors-origin null` is refused at start: not suggested.
+    let opaque = from("null");
+    assert_eq!(opaque.status, 403, "{opaque:?}");
+    let message = opaque.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("opaque origin") && !message.contains("--cors-origin null"),
+        "{message}"
+    );
     // This server's own page (/demo): the Host the request was sent to.
     assert_eq!(from(&format!("http://{addr}")).status, 200);
     assert_eq!(http(addr, "POST", "/publish?channel=news", &[], b"x").status, 200);
