@@ -345,7 +345,7 @@ fn apply(config: &mut Config, flag: &str, value: &str) -> Result<(), String> {
                 "a token that starts or ends with white space, which no publisher could present".into(),
             )
         }
-        // A header keeps a byte outside ASCII only as `?`: such a token
+        // A header keeps a byte outside ASCII only as DEL: such a token
         // could never match either.
         "publish-token" if !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => return Err(
             "a token with a character outside printable ASCII, which no publisher could present in a header"

@@ -189,6 +189,21 @@ fn header_values_with_bytes_outside_ascii_are_served() {
 }
 
 #[test]
+fn a_byte_outside_ascii_never_stands_for_a_character_of_a_token() {
+    // Such a byte is kept as DEL; kept as '?', it matched a token's '?'.
+    let server = TestServer::start(&["--tick-interval", "0", "--publish-token", "sec?ret"]);
+    let with = |auth: &[u8]| {
+        let mut request = b"POST /publish?channel=t HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ".to_vec();
+        request.extend_from_slice(auth);
+        request.extend_from_slice(b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi");
+        parse_response(&answer_to(server.addr, &request)).status
+    };
+    assert_eq!(with(b"sec\xffret"), 401);
+    assert_eq!(with(b"sec?ret"), 200);
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 1.0);
+}
+
+#[test]
 fn an_http_1_1_request_needs_exactly_one_host_header() {
     // RFC 9112, 3.2: a server must answer 400 to an HTTP/1.1 request
     // without Host, and to any request with more than one.
@@ -1628,6 +1643,20 @@ fn the_head_limit_is_16_kib_to_the_byte() {
             .to_string()
     };
     assert_eq!(answer_to_head_of(16 * 1024), "HTTP/1.1 200 OK");
+    // The 431 is sent at once, before the server drains what may still
+    // come of the head (it was held until the drain ended: 2 s later, the
+    // read timeout, for a head that had ended).
+    let mut s = TcpStream::connect(server.addr).expect("connect");
+    let head = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first)
+        .expect("the 431 within 1.5 s, not at the 2 s read timeout");
+    assert_eq!(&first, b"HTTP/1.1 431");
     assert_eq!(
         answer_to_head_of(16 * 1024 + 1),
         "HTTP/1.1 431 Request Header Fields Too Large"

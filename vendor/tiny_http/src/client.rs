@@ -137,7 +137,6 @@ fn is_well_formed_header(line: &str) -> bool {
         && !value.bytes().any(|b| b == 0 || b == b'\r')
 }
 
-/// tinysse: a line that is not ASCII is a client error, not an I/O one.
 /// tinysse: a peer's address for a log line.
 fn peer_text(remote_addr: &IoResult<Option<SocketAddr>>) -> String {
     match remote_addr {
@@ -146,6 +145,7 @@ fn peer_text(remote_addr: &IoResult<Option<SocketAddr>>) -> String {
     }
 }
 
+/// tinysse: a line that is not ASCII is a client error, not an I/O one.
 fn line_error(error: IoError, version: HTTPVersion) -> ReadError {
     if error.kind() == ErrorKind::InvalidInput {
         ReadError::NotAscii(version)
@@ -213,8 +213,9 @@ impl ClientConnection {
     ///
     /// tinysse: in a header line (`opaque_high_bytes`), a byte outside
     /// ASCII is taken as opaque data (RFC 9110, 5.5: obs-text, such as a
-    /// browser's UTF-8 cookie) and kept as `?`; in a request line it is an
-    /// error.
+    /// browser's UTF-8 cookie) and kept as DEL (0x7F), which no valid field
+    /// value has: such a value can never equal one of printable ASCII, a
+    /// token say (a `?` could). In a request line it is an error.
     fn read_next_line(
         &mut self,
         budget: &mut Option<HeadBudget>,
@@ -271,7 +272,7 @@ impl ClientConnection {
                 }
                 if opaque_high_bytes {
                     for byte in buf.iter_mut().filter(|b| !b.is_ascii()) {
-                        *byte = b'?';
+                        *byte = 0x7F;
                     }
                 }
                 return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii(version.clone()));
@@ -529,12 +530,17 @@ impl Iterator for ClientConnection {
                         "answered 431 to a request head over {max_bytes} bytes: peer={}",
                         peer_text(&self.remote_addr)
                     );
-                    let writer = self.sink.next().unwrap();
+                    let mut writer = self.sink.next().unwrap();
                     let message =
                         format!("request head too large: at most {max_bytes} bytes");
                     json_error(431, &message)
-                        .raw_print(writer, ver, &[], false, None)
+                        .raw_print(&mut writer, ver, &[], false, None)
                         .ok();
+                    // Sent now, not when the connection is dropped after the
+                    // drain (which may wait a read timeout for bytes that
+                    // never come).
+                    writer.flush().ok();
+                    drop(writer);
                     // What the client is still sending of it, so that the
                     // close does not reset the connection before the answer
                     // is read; a head without end is cut after that.
