@@ -1,7 +1,7 @@
 //! The head guard: closes connections that trickle their request head, as
 //! a backstop, and tells streams when their client closed.
 //!
-//! tiny_http reads a request head with no deadline and no size limit, and
+//! Unpatched, tiny_http reads a request head with no deadline and no size limit, and
 //! never lets a handler reach a connection's socket. The listener's read
 //! timeout (see `listener`) drops a client that goes *silent* mid-head, but
 //! not one that sends a byte every second: each read succeeds, and the head
@@ -9,7 +9,7 @@
 //! sends a head without end as fast as it can: tiny_http keeps every byte
 //! of it in memory (a 300 MiB request line took 310 MB of RSS in 0.5 s).
 //!
-//! The patched tiny_http (`vendor/tiny_http`, `HeadLimits`) now bounds
+//! The patched copy (`vendor/tiny_http`, `HeadLimits`) now bounds
 //! each head itself, to [`HEAD_DEADLINE`] and `http::MAX_HEAD_BYTES`,
 //! answering `408` or `431`: a trickler is closed 10 s after its accept,
 //! to the read. The guard stays as the backstop it was before, cutting

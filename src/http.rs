@@ -319,9 +319,7 @@ fn too_many_streams(app: &App) -> ApiError {
 /// opening a stream; the connection is ended.
 fn open_stream_head(app: &Arc<App>, request: Request, path: &str, query: &str) {
     if path == "/events" {
-        let checked = requested_channels(query)
-            .and_then(|channels| broker::validate_subscription(&channels).map_err(ApiError::from));
-        if let Err(e) = checked {
+        if let Err(e) = subscription_channels(query) {
             return respond_error(app, request, e);
         }
     }
@@ -344,20 +342,16 @@ fn stream_head(app: &App, request: Request) {
     }
 }
 
-/// The `channel` values of a stream request's query, as given; an error
-/// for one that is not UTF-8 once percent-decoded (as a publish says it).
-fn requested_channels(query: &str) -> Result<Vec<String>, ApiError> {
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (publish::query_decode(key) == b"channel").then_some(value)
-        })
-        .map(|value| {
-            String::from_utf8(publish::query_decode(value))
-                .map_err(|_| PublishError::QueryNotUtf8("channel").into())
-        })
-        .collect()
+/// The `channel` values of a stream request's query, decoded as a
+/// publish's are, once checked as a subscription
+/// ([`broker::validate_subscription`]).
+fn subscription_channels(query: &str) -> Result<Vec<String>, ApiError> {
+    let channels = publish::query_pairs(query)
+        .filter(|(key, _)| key == b"channel")
+        .map(|(_, value)| publish::query_text("channel", value))
+        .collect::<Result<Vec<_>, _>>()?;
+    broker::validate_subscription(&channels)?;
+    Ok(channels)
 }
 
 /// The `400` RFC 9112 (3.2) asks for: an HTTP/1.1 request without a
@@ -540,7 +534,6 @@ enum Resume {
 
 /// What a stream's thread needs to know of its request.
 struct StreamRequest {
-    demo: bool,
     channels: Vec<String>,
     resume: Resume,
     http10: bool,
@@ -555,17 +548,12 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         Resume::After(last_id.and_then(|id| id.to_event_id()))
     };
     let channels = if demo {
-        Ok(Vec::new())
+        Vec::new()
     } else {
-        requested_channels(query)
-    };
-    let channels = match channels.and_then(|c| {
-        broker::validate_subscription(&c)
-            .map(|()| c)
-            .map_err(ApiError::from)
-    }) {
-        Ok(channels) => channels,
-        Err(e) => return respond_error(app, request, e),
+        match subscription_channels(query) {
+            Ok(channels) => channels,
+            Err(e) => return respond_error(app, request, e),
+        }
     };
     let Some(slot) = app.stats.try_open_stream(app.config.max_connections) else {
         let error = too_many_streams(app);
@@ -579,7 +567,6 @@ fn open_stream(app: &Arc<App>, request: Request, query: &str, demo: bool) {
         app.heads.stream_opened(peer);
     }
     let params = StreamRequest {
-        demo,
         channels,
         resume,
         http10: keep_alive::is_http10(&request),
@@ -648,14 +635,13 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
     } = start;
     let mut writer = stream_socket(connection);
     let peer = params.peer;
-    let demo = params.demo;
     let http10 = params.http10;
     let Some(mut source) = stream_source(app, &mut writer, params) else {
         crate::stream::close_connection(&writer);
         return;
     };
     let opened = Instant::now();
-    log_opened(app, peer, demo, &source);
+    log_opened(app, peer, &source);
     if let Source::Channels(subscription) = &source {
         // Cut by the fan-out if the subscriber is dropped for being slow.
         subscription.attach_connection(writer.as_raw_fd());
@@ -676,16 +662,7 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
         CloseReason::ClientLeft if app.streams_were_cut() => CloseReason::Shutdown,
         other => other,
     };
-    end_stream(
-        app,
-        slot,
-        peer,
-        demo,
-        source,
-        opened,
-        stream.events_written,
-        reason,
-    );
+    end_stream(app, slot, peer, source, opened, stream.events_written, reason);
 }
 
 /// What a stream sends; `None` when the subscription is refused (answered
@@ -695,7 +672,6 @@ fn serve_stream(app: &Arc<App>, start: StreamStart) {
 #[inline(never)]
 fn stream_source(app: &Arc<App>, writer: &mut TcpStream, params: StreamRequest) -> Option<Source> {
     let StreamRequest {
-        demo: _,
         channels: names,
         resume,
         http10,
@@ -758,21 +734,20 @@ fn stream_source(app: &Arc<App>, writer: &mut TcpStream, params: StreamRequest) 
 }
 
 /// The path a stream was asked for, as its log lines show it.
-fn stream_path(demo: bool) -> &'static str {
-    if demo {
-        "/"
-    } else {
-        "/events"
+fn stream_path(source: &Source) -> &'static str {
+    match source {
+        Source::Demo { .. } => "/",
+        Source::Channels(_) => "/events",
     }
 }
 
 /// Hands a stream's opening line to the stream log. Out of line, so that
 /// the line's parts are not in the frames under the stream's wait.
 #[inline(never)]
-fn log_opened(app: &App, peer: Option<SocketAddr>, demo: bool, source: &Source) {
+fn log_opened(app: &App, peer: Option<SocketAddr>, source: &Source) {
     app.stream_log.opened(OpenedStream {
         peer,
-        path: stream_path(demo),
+        path: stream_path(source),
         channels: source.channels_label(),
     });
 }
@@ -783,18 +758,17 @@ fn log_opened(app: &App, peer: Option<SocketAddr>, demo: bool, source: &Source) 
 /// source, rather than kept from the opening for the stream's whole life.
 #[inline(never)]
 #[cold]
-#[allow(clippy::too_many_arguments)]
 fn end_stream(
     app: &App,
     slot: StreamSlot,
     peer: Option<SocketAddr>,
-    demo: bool,
     source: Source,
     opened: Instant,
     events: u64,
     reason: CloseReason,
 ) {
     let channels = source.channels_label();
+    let path = stream_path(&source);
     drop(source);
     // Free the slot first, so that /metrics never shows a stream both open
     // and counted as disconnected.
@@ -805,7 +779,7 @@ fn end_stream(
     }
     app.stream_log.closed(ClosedStream {
         peer,
-        path: stream_path(demo),
+        path,
         channels,
         duration: opened.elapsed(),
         events,

@@ -219,9 +219,8 @@ impl QueryFields {
 /// `id` (ids are given by the server).
 pub fn parse_query(query: &str) -> Result<QueryFields, PublishError> {
     let mut fields = QueryFields::default();
-    for pair in query.split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let (field, slot) = match query_decode(key).as_slice() {
+    for (key, value) in query_pairs(query) {
+        let (field, slot) = match key.as_slice() {
             b"channel" => ("channel", &mut fields.channel),
             b"event" => ("event", &mut fields.event),
             b"id" => return Err(PublishError::IdGiven),
@@ -230,8 +229,7 @@ pub fn parse_query(query: &str) -> Result<QueryFields, PublishError> {
         if slot.is_some() {
             return Err(PublishError::Repeated(field));
         }
-        let value = String::from_utf8(query_decode(value)).map_err(|_| PublishError::QueryNotUtf8(field))?;
-        *slot = Some(value);
+        *slot = Some(query_text(field, value)?);
     }
     Ok(fields)
 }
@@ -371,8 +369,23 @@ fn compact_json(json: &str) -> String {
 /// A query key or value decoded as `form_urlencoded` does (`+` is a
 /// space, `%XX` a byte), as bytes: `form_urlencoded` itself would turn
 /// bytes that are not UTF-8 into U+FFFD, where a publish refuses them.
-pub(crate) fn query_decode(raw: &str) -> Vec<u8> {
+fn query_decode(raw: &str) -> Vec<u8> {
     percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect()
+}
+
+/// The `key=value` pairs of a query string, each key decoded
+/// ([`query_decode`]), each value as sent.
+pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (Vec<u8>, &str)> {
+    query.split('&').map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (query_decode(key), value)
+    })
+}
+
+/// The value of query field `field`, decoded: text, or an error saying it
+/// is not UTF-8.
+pub(crate) fn query_text(field: &'static str, raw: &str) -> Result<String, PublishError> {
+    String::from_utf8(query_decode(raw)).map_err(|_| PublishError::QueryNotUtf8(field))
 }
 
 /// A member that must be a JSON string, unescaped.

@@ -145,15 +145,6 @@ fn peer_text(remote_addr: &IoResult<Option<SocketAddr>>) -> String {
     }
 }
 
-/// tinysse: a line that is not ASCII is a client error, not an I/O one.
-fn line_error(error: IoError, version: HTTPVersion) -> ReadError {
-    if error.kind() == ErrorKind::InvalidInput {
-        ReadError::NotAscii(version)
-    } else {
-        ReadError::ReadIoError(error)
-    }
-}
-
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
     ///
@@ -243,13 +234,13 @@ impl ClientConnection {
                             return Err(ReadError::HeadTooSlow(budget.limits.deadline));
                         }
                     }
-                    return Err(line_error(e, version.clone()));
+                    return Err(ReadError::ReadIoError(e));
                 }
                 None => {
-                    return Err(line_error(
-                        IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"),
-                        version.clone(),
-                    ))
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
                 }
             };
 
