@@ -437,11 +437,14 @@ fn four_publishers_and_twenty_subscribers_each_get_all_400_once_in_order() {
 #[test]
 fn a_subscriber_that_stops_reading_is_dropped_and_recovers_by_replay() {
     const BIG_EVENTS: usize = 40;
+    // The write timeout well past the time 4 more events take to queue up
+    // behind a blocked write: with 1 s, on a loaded machine the timeout
+    // could end the stalled stream first (not counted as slow).
     let server = TestServer::start(&[
         "--queue-size",
         "4",
         "--write-timeout",
-        "1s",
+        "10s",
         "--ping-interval",
         "1m",
         "--history",
