@@ -20,6 +20,9 @@
 //! list, one futex call when the thread sleeps and none when it is awake.
 //! A subscriber whose backlog passes `queue_size` is marked dropped: its stream
 //! ends and the client reconnects with its last id, replaying from the ring.
+//!
+//! A stream's side, its [`Subscription`], is in `subscription`; events fed
+//! from a log shared between nodes ([`Broker::append`]) in `shared_log`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -32,6 +35,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::event::{self, FieldError};
+
+mod shared_log;
+mod subscription;
+
+pub use shared_log::LoggedEvent;
+pub use subscription::{HangUp, Lagged, Subscription};
 
 /// An event id: a decimal integer that only grows, across channels and
 /// restarts.
@@ -478,13 +487,13 @@ impl Broker {
         }
         let now = self.committed.load(Ordering::Acquire);
         drop(registry);
-        Ok(Subscription {
-            broker: Arc::clone(self),
+        Ok(Subscription::new(
+            Arc::clone(self),
             me,
-            channels: joined,
-            cursor: last_event_id.unwrap_or(now),
-            replay_until: if last_event_id.is_some() { now } else { NO_REPLAY },
-        })
+            joined,
+            last_event_id,
+            now,
+        ))
     }
 
     /// Tells every subscription to end: from now on [`Subscription::is_closed`]
@@ -672,338 +681,6 @@ fn fan_out(channels_rx: Receiver<Arc<Channel>>, queue_size: usize) {
             }
         }
         subscribers.clear();
-    }
-}
-
-/// A subscription, owned by one stream's thread; dropping it unsubscribes.
-pub struct Subscription {
-    broker: Arc<Broker>,
-    me: Arc<Subscriber>,
-    channels: Vec<Arc<Channel>>,
-    cursor: EventId,
-    /// Until the first drain of a subscription with a `Last-Event-ID`: the
-    /// newest id committed when it subscribed. The replay keeps the newest
-    /// `history` events of each channel up to that id, whatever is published
-    /// before the drain; [`NO_REPLAY`] otherwise.
-    replay_until: EventId,
-}
-
-/// [`Subscription`]'s `replay_until` when there is no replay (left).
-const NO_REPLAY: EventId = EventId::MAX;
-
-impl fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription")
-            .field("channels", &self.names().collect::<Vec<_>>())
-            .field("cursor", &self.cursor)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Ends a subscription's stream from outside, when its client closed the
-/// connection: [`Subscription::is_hung_up`] turns true and the subscriber
-/// is woken.
-#[derive(Clone)]
-pub struct HangUp(HangUpTarget);
-
-#[derive(Clone)]
-enum HangUpTarget {
-    /// A channel stream's subscriber.
-    Subscriber(Arc<Subscriber>),
-    /// A demo stream's signal, which its `select!` waits on.
-    Signal(Sender<()>),
-}
-
-impl HangUp {
-    /// A hang-up sent on `signal` (a demo stream's, which has no
-    /// subscription).
-    pub fn signal(signal: Sender<()>) -> HangUp {
-        HangUp(HangUpTarget::Signal(signal))
-    }
-
-    /// Tells the stream its client is gone, and wakes it.
-    pub fn hang_up(&self) {
-        match &self.0 {
-            HangUpTarget::Subscriber(subscriber) => {
-                subscriber.hung_up.store(true, Ordering::Release);
-                subscriber.wake();
-            }
-            HangUpTarget::Signal(signal) => {
-                let _ = signal.try_send(());
-            }
-        }
-    }
-}
-
-impl fmt::Debug for HangUp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HangUp").finish_non_exhaustive()
-    }
-}
-
-/// The subscriber fell more than `queue_size` events behind and was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lagged;
-
-impl Subscription {
-    /// Waits until this subscriber is woken (new events may be waiting, or
-    /// the broker was closed) or until `deadline`; true when woken. Call it
-    /// from the thread that subscribed: the wake-up unparks that thread.
-    /// Spurious unparks (std and crossbeam park threads too) are told apart
-    /// by the subscriber's flag, and a wake-up that came before the wait is
-    /// not lost.
-    pub fn wait(&self, deadline: Instant) -> bool {
-        debug_assert_eq!(std::thread::current().id(), self.me.thread.id());
-        loop {
-            if self.me.woken.swap(false, Ordering::AcqRel) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            std::thread::park_timeout(deadline - now);
-        }
-    }
-
-    /// Waits, without a timer, until woken: by a published event, by
-    /// [`Broker::close`], or by [`Broker::wake_due_pings`] once the time set
-    /// with [`Subscription::ping_at`] has come. Check the time after it
-    /// returns: a wake-up does not say which it was.
-    pub fn wait_for_wake(&self) {
-        debug_assert_eq!(std::thread::current().id(), self.me.thread.id());
-        while !self.me.woken.swap(false, Ordering::AcqRel) {
-            std::thread::park();
-        }
-    }
-
-    /// Asks [`Broker::wake_due_pings`] to wake this subscriber at `at`
-    /// (rounded up to the millisecond), for its next ping.
-    pub fn ping_at(&self, at: Instant) {
-        let ms = self.broker.millis_since_epoch(at, true);
-        self.me.ping_at_ms.store(ms, Ordering::Release);
-    }
-
-    /// True once the broker was closed: drain what is left, then end.
-    pub fn is_closed(&self) -> bool {
-        self.broker.closed.load(Ordering::Acquire)
-    }
-
-    /// The channel names, sorted, without duplicates.
-    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.channels.iter().map(|c| &*c.name)
-    }
-
-    /// The id of the last event taken.
-    pub fn cursor(&self) -> EventId {
-        self.cursor
-    }
-
-    /// What ends this subscription's stream when its client closes the
-    /// connection.
-    pub fn hang_up_handle(&self) -> HangUp {
-        HangUp(HangUpTarget::Subscriber(Arc::clone(&self.me)))
-    }
-
-    /// Gives the descriptor of the stream's connection, to be shut down if
-    /// this subscriber is dropped for being slow; [`Subscription::detach_connection`]
-    /// must come before the descriptor is closed.
-    pub fn attach_connection(&self, fd: RawFd) {
-        *lock(&self.me.connection) = Some(fd);
-        // Dropped before it was attached: cut now.
-        if self.me.dropped.load(Ordering::Acquire) {
-            self.me.cut_connection();
-        }
-    }
-
-    /// Takes back the descriptor given to [`Subscription::attach_connection`].
-    pub fn detach_connection(&self) {
-        *lock(&self.me.connection) = None;
-    }
-
-    /// True once [`HangUp::hang_up`] was called: the client is gone.
-    pub fn is_hung_up(&self) -> bool {
-        self.me.hung_up.load(Ordering::Acquire)
-    }
-
-    /// True once this subscriber fell more than `queue_size` events behind:
-    /// the next [`Subscription::drain`] fails with [`Lagged`].
-    pub fn is_lagged(&self) -> bool {
-        self.me.dropped.load(Ordering::Acquire)
-    }
-
-    /// Appends to `out` every event after the cursor, in id order, and moves
-    /// the cursor past them. The first call after subscribing with a
-    /// `Last-Event-ID` is the replay.
-    ///
-    /// # Errors
-    /// [`Lagged`] when this subscriber was dropped for being too slow.
-    pub fn drain(&mut self, out: &mut Vec<Arc<Event>>) -> Result<(), Lagged> {
-        self.me.backlog.store(0, Ordering::Release);
-        if self.me.dropped.load(Ordering::Acquire) {
-            return Err(Lagged);
-        }
-        let upto = self.broker.committed.load(Ordering::Acquire);
-        if upto <= self.cursor {
-            return Ok(());
-        }
-        let history = self.broker.config.history;
-        let start = out.len();
-        for channel in &self.channels {
-            let ring = read(&channel.ring);
-            let replaying = self.replay_until != NO_REPLAY;
-            if !replaying && ring.evicted_through > self.cursor {
-                self.me.dropped.store(true, Ordering::Release);
-                return Err(Lagged);
-            }
-            let mut from = ring.events.partition_point(|e| e.id <= self.cursor);
-            if replaying {
-                // The window is the newest `history` events when it
-                // subscribed: an event published since does not push the
-                // oldest of them out.
-                let at_subscribe = ring.events.partition_point(|e| e.id <= self.replay_until);
-                from = from.max(at_subscribe.saturating_sub(history));
-            }
-            out.extend(ring.events.range(from..).take_while(|e| e.id <= upto).cloned());
-        }
-        if self.channels.len() > 1 {
-            out[start..].sort_unstable_by_key(|e| e.id);
-        }
-        self.cursor = upto;
-        self.replay_until = NO_REPLAY;
-        Ok(())
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        // The fan-out thread may still hold the subscriber a while.
-        self.detach_connection();
-        let history = self.broker.config.history;
-        lock(&self.broker.registry).leave(&self.me, &self.channels, history);
-    }
-}
-
-/// One event of a log shared by several nodes (see [`Broker::append`] and
-/// [`Broker::backfill`]): its id was given by the log, not by this broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoggedEvent {
-    /// Its id in the shared log.
-    pub id: EventId,
-    /// Its event name, if any.
-    pub event: Option<String>,
-    /// Its data.
-    pub data: String,
-}
-
-// Feeding the broker from a log shared between nodes (`redis_bus`). The ids
-// come from the log; the ordering invariant still holds because `append`
-// takes them in log order under the registry lock, and `backfill` only adds
-// events that are already committed.
-impl Broker {
-    /// Appends an event whose id was assigned by a shared log, and wakes its
-    /// subscribers. Events must be appended in increasing id order, across
-    /// all channels; an id not above [`Broker::last_id`] was appended already
-    /// and is ignored (`Ok(None)`).
-    ///
-    /// # Errors
-    /// [`BrokerError`] for a bad channel or event name, or when no channel
-    /// can be made; the id counts as seen all the same, so that later events
-    /// still go through in order.
-    pub fn append(
-        &self,
-        channel: &str,
-        id: EventId,
-        event: Option<&str>,
-        data: &str,
-    ) -> Result<Option<Published>, BrokerError> {
-        validate_channel(channel)?;
-        let bytes = event::encode_event(Some(&id.to_string()), event, data)?;
-        let mut registry = lock(&self.registry);
-        if id <= registry.last_id {
-            return Ok(None);
-        }
-        let target = match registry.channel(channel, self.config.max_channels) {
-            Ok(target) => target,
-            Err(e) => {
-                registry.last_id = id;
-                self.committed.store(id, Ordering::Release);
-                return Err(e);
-            }
-        };
-        let (published, _fan_out_now) = self.commit(registry, target, id, bytes);
-        Ok(Some(published))
-    }
-
-    /// Raises the newest id to `id` without an event: the shared log is
-    /// known to be at `id`, and older events this broker lacks are back-filled
-    /// on demand. Never lowers it. Subscribers are woken, so that their
-    /// cursors move up to `id` at once and a later back-fill of older events
-    /// cannot reach them as new ones.
-    pub fn advance(&self, id: EventId) {
-        let mut registry = lock(&self.registry);
-        if id <= registry.last_id {
-            return;
-        }
-        registry.last_id = id;
-        self.committed.store(id, Ordering::Release);
-        for channel in registry.channels.values() {
-            channel.wake_members();
-        }
-    }
-
-    /// Adds to `channel`'s ring the given older events it lacks (a channel
-    /// that this broker did not hold when they were logged), so that a
-    /// `Last-Event-ID` replay finds them. Events above [`Broker::last_id`]
-    /// are left out: they come through [`Broker::append`] in order. The ring
-    /// stays sorted and within its capacity, keeping the newest events.
-    /// Returns how many events were added.
-    ///
-    /// # Errors
-    /// [`BrokerError`] for a bad channel or event name, or when no channel
-    /// can be made.
-    pub fn backfill(&self, channel: &str, events: &[LoggedEvent]) -> Result<usize, BrokerError> {
-        validate_channel(channel)?;
-        let mut encoded = Vec::with_capacity(events.len());
-        for e in events {
-            let bytes = event::encode_event(Some(&e.id.to_string()), e.event.as_deref(), &e.data)?;
-            encoded.push(Arc::new(Event {
-                id: e.id,
-                bytes: bytes.into_boxed_slice(),
-            }));
-        }
-        let ring_len = self.ring_capacity();
-        let mut registry = lock(&self.registry);
-        let last_id = registry.last_id;
-        let target = registry.channel(channel, self.config.max_channels)?;
-        let mut ring = write(&target.ring);
-        let held: Vec<EventId> = ring.events.iter().map(|e| e.id).collect();
-        let mut merged: Vec<Arc<Event>> = ring.events.drain(..).collect();
-        merged.extend(encoded.into_iter().filter(|e| e.id <= last_id));
-        // Stable: an event held already comes before its copy from the log.
-        merged.sort_by_key(|e| e.id);
-        merged.dedup_by_key(|e| e.id);
-        let excess = merged.len().saturating_sub(ring_len);
-        if excess > 0 {
-            let newest_dropped = merged[excess - 1].id;
-            ring.evicted_through = ring.evicted_through.max(newest_dropped);
-        }
-        ring.events.extend(merged.into_iter().skip(excess));
-        let added = ring
-            .events
-            .iter()
-            .filter(|e| held.binary_search(&e.id).is_err())
-            .count();
-        Ok(added)
-    }
-
-    /// The names of the channels held now.
-    pub fn channel_names(&self) -> Vec<String> {
-        lock(&self.registry)
-            .channels
-            .keys()
-            .map(|name| name.to_string())
-            .collect()
     }
 }
 
@@ -1224,7 +901,7 @@ mod tests {
         }
         assert_eq!(got.len(), 10);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !slow.me.dropped.load(Ordering::Acquire) {
+        while !slow.is_lagged() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "slow subscriber never dropped"
@@ -1357,161 +1034,5 @@ mod tests {
             data.dedup();
             assert_eq!(data.len(), 400);
         }
-    }
-}
-
-#[cfg(test)]
-mod shared_log_tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn broker(history: usize, queue_size: usize) -> Arc<Broker> {
-        Broker::new(BrokerConfig {
-            history,
-            queue_size,
-            max_channels: 10,
-        })
-    }
-
-    fn logged(id: EventId, data: &str) -> LoggedEvent {
-        LoggedEvent {
-            id,
-            event: None,
-            data: data.to_string(),
-        }
-    }
-
-    fn drain_ids(sub: &mut Subscription) -> Vec<EventId> {
-        let mut out = Vec::new();
-        sub.drain(&mut out).expect("not lagged");
-        out.iter().map(|e| e.id).collect()
-    }
-
-    #[test]
-    fn append_keeps_the_given_ids_and_ignores_repeats() {
-        let b = broker(10, 10);
-        let mut sub = b.subscribe(&["a".to_string(), "b".to_string()], None).unwrap();
-        assert_eq!(
-            b.append("a", 100, Some("up"), "x").unwrap().map(|p| p.id),
-            Some(100)
-        );
-        assert_eq!(
-            b.append("b", 105, None, "y").unwrap().map(|p| p.subscribers),
-            Some(1)
-        );
-        assert_eq!(
-            b.append("a", 105, None, "again").unwrap(),
-            None,
-            "a repeat is ignored"
-        );
-        assert_eq!(
-            b.append("a", 90, None, "older").unwrap(),
-            None,
-            "an older id is ignored"
-        );
-        assert_eq!(b.last_id(), 105);
-        assert!(
-            sub.wait(Instant::now() + Duration::from_secs(5)),
-            "woken by the fan-out thread"
-        );
-        let mut out = Vec::new();
-        sub.drain(&mut out).unwrap();
-        assert_eq!(
-            std::str::from_utf8(&out[0].bytes).unwrap(),
-            "id: 100\nevent: up\ndata: x\n\n"
-        );
-        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), vec![100, 105]);
-    }
-
-    #[test]
-    fn a_refused_append_still_moves_the_id_on() {
-        let b = Broker::new(BrokerConfig {
-            history: 10,
-            queue_size: 10,
-            max_channels: 1,
-        });
-        let _busy = b.subscribe(&["busy".to_string()], None).unwrap();
-        assert_eq!(
-            b.append("other", 7, None, "x"),
-            Err(BrokerError::TooManyChannels(1))
-        );
-        assert_eq!(b.last_id(), 7);
-        assert_eq!(b.append("busy", 8, None, "y").unwrap().map(|p| p.id), Some(8));
-    }
-
-    #[test]
-    fn advance_moves_the_start_of_new_subscribers() {
-        let b = broker(10, 10);
-        b.advance(500);
-        b.advance(400);
-        assert_eq!(b.last_id(), 500, "never lowered");
-        let mut sub = b.subscribe(&["c".to_string()], None).unwrap();
-        assert_eq!(sub.cursor(), 500);
-        b.append("c", 501, None, "new").unwrap();
-        assert_eq!(drain_ids(&mut sub), vec![501]);
-    }
-
-    #[test]
-    fn advance_wakes_earlier_subscribers_past_older_events() {
-        let b = broker(10, 10);
-        let mut early = b.subscribe(&["c".to_string()], None).unwrap();
-        assert_eq!(early.cursor(), 0);
-        b.advance(500);
-        assert!(
-            early.wait(Instant::now() + Duration::from_secs(5)),
-            "woken by advance"
-        );
-        assert!(drain_ids(&mut early).is_empty());
-        assert_eq!(early.cursor(), 500);
-        b.backfill("c", &[logged(400, "old")]).unwrap();
-        assert!(drain_ids(&mut early).is_empty(), "an old event is not news");
-    }
-
-    #[test]
-    fn backfill_adds_committed_events_for_replay_in_order() {
-        let b = broker(10, 10);
-        b.append("c", 30, None, "30").unwrap();
-        b.append("other", 40, None, "40").unwrap();
-        // The log had 10 and 20 on "c" before this broker saw it; 30 is held
-        // already and 50 is not committed here yet.
-        let older = [
-            logged(20, "20"),
-            logged(10, "10"),
-            logged(30, "30"),
-            logged(50, "50"),
-        ];
-        assert_eq!(b.backfill("c", &older).unwrap(), 2);
-        let mut sub = b
-            .subscribe(&["c".to_string(), "other".to_string()], Some(5))
-            .unwrap();
-        assert_eq!(drain_ids(&mut sub), vec![10, 20, 30, 40]);
-        b.append("c", 50, None, "50").unwrap();
-        assert_eq!(drain_ids(&mut sub), vec![50], "50 comes once, live");
-    }
-
-    #[test]
-    fn backfill_keeps_the_newest_within_capacity() {
-        let b = broker(3, 3);
-        b.advance(100);
-        let older: Vec<LoggedEvent> = (1..=5).map(|i| logged(i * 10, "x")).collect();
-        assert_eq!(b.backfill("c", &older).unwrap(), 3);
-        let mut sub = b.subscribe(&["c".to_string()], Some(0)).unwrap();
-        assert_eq!(drain_ids(&mut sub), vec![30, 40, 50]);
-        assert_eq!(b.channel_names(), vec!["c".to_string()]);
-    }
-
-    #[test]
-    fn backfill_refuses_what_it_cannot_encode() {
-        let b = broker(3, 3);
-        let bad = [LoggedEvent {
-            id: 1,
-            event: Some("a\nb".into()),
-            data: String::new(),
-        }];
-        assert!(matches!(b.backfill("c", &bad), Err(BrokerError::InvalidField(_))));
-        assert!(matches!(
-            b.backfill("bad name", &[]),
-            Err(BrokerError::InvalidChannel(_))
-        ));
     }
 }
