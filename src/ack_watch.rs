@@ -30,8 +30,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::head_guard::normalize;
 use crate::sock_diag::bytes_acknowledged;
+use crate::socket_table::normalize;
 
 /// Pings waiting for their checks at most, the pending one included: a
 /// write timeout up to 7 ping intervals long is checked ping by ping.

@@ -59,6 +59,7 @@ mod redis_url;
 mod resp;
 pub mod server;
 mod sock_diag;
+pub mod socket_table;
 pub mod stats;
 pub mod stream;
 pub mod stream_log;

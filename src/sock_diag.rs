@@ -31,7 +31,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use crate::head_guard::{normalize, Listed, Seen};
+use crate::socket_table::{normalize, Listed, Seen};
 
 const NLMSG_HEADER: usize = 16;
 const NLMSG_ERROR: u16 = 2;
@@ -452,7 +452,7 @@ mod tests {
         }
         let mut listed = Vec::new();
         let table = std::fs::File::open("/proc/net/tcp").unwrap();
-        crate::head_guard::parse_table(io::BufReader::new(table), port, &mut String::new(), |s| {
+        crate::socket_table::parse_table(io::BufReader::new(table), port, &mut String::new(), |s| {
             listed.push(s)
         })
         .unwrap();

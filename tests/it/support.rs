@@ -162,12 +162,12 @@ impl TestServer {
             let Ok(file) = std::fs::File::open(table) else {
                 continue;
             };
-            let _ = tinysse::head_guard::parse_table(
+            let _ = tinysse::socket_table::parse_table(
                 std::io::BufReader::new(file),
                 self.addr.port(),
                 &mut String::new(),
                 |listed| match listed {
-                    tinysse::head_guard::Listed::Open(seen) if seen.peer == client => {
+                    tinysse::socket_table::Listed::Open(seen) if seen.peer == client => {
                         inode = Some(seen.inode)
                     }
                     _ => {}
