@@ -9,7 +9,7 @@
 //! - a short read timeout ([`IDLE_READ_TIMEOUT`]): a new connection that
 //!   sends no request, or an unfinished request head, is dropped after it,
 //!   and with it tiny_http's pool thread and second descriptor (a stream's
-//!   connection is taken out of tiny_http at once, see `http::open_stream`,
+//!   connection is taken out of tiny_http at once, see `http::streams::open_stream`,
 //!   so that an open stream costs one thread and one descriptor);
 //! - the write timeout (`--write-timeout`): a write to a client that stopped
 //!   reading fails after that long, ending its stream;

@@ -99,7 +99,7 @@ pub fn streams_allowed(max_map_count: usize, maps_per_thread: usize) -> usize {
 /// plain requests, `503` answers past the stream limit, and above all the
 /// second descriptor tiny_http holds for each new connection until its
 /// reader leaves (a stream's at once, its connection taken out of tiny_http,
-/// see `http::open_stream`; a silent new connection's after the 2 s read
+/// see `http::streams::open_stream`; a silent new connection's after the 2 s read
 /// timeout).
 /// 1,000 covers a burst of 500 connects a second right up to
 /// the stream limit; a faster one runs out of descriptors for a moment, and
