@@ -327,6 +327,55 @@ fn a_later_http_1_version_and_bare_lf_line_ends_are_served() {
 }
 
 #[test]
+fn line_ends_before_a_request_line_are_skipped() {
+    // RFC 9112 (2.2): a server should ignore at least one empty line
+    // before a request line; some clients send a CRLF after a POST body.
+    // It was read as the request line: 400, the connection closed, and the
+    // request pipelined behind it lost.
+    let server = TestServer::start(&["--tick-interval", "0"]);
+    let pipelined = answer_to(
+        server.addr,
+        b"\r\nPOST /publish?channel=crlf HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\r\n\
+          GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&pipelined);
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    assert!(!text.contains(" 400 "), "{text}");
+    assert_eq!(metric(server.addr, "tinysse_events_published_total"), 1.0);
+
+    // A kept-alive connection given a stray line end goes on waiting for
+    // its next request as long as it would have without it (5 s, not the
+    // 2 s of a read within a request).
+    let mut connection = TcpStream::connect(server.addr).expect("connect");
+    connection
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let publish = b"POST /publish?channel=crlf HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\r\n";
+    let first = parse_response(answer_on(&mut connection, publish).as_bytes());
+    assert_eq!(first.status, 200, "{first:?}");
+    let mut unexpected = Vec::new();
+    assert!(
+        !read_until_closed(&mut connection, Duration::from_secs(3), &mut unexpected),
+        "closed within 3 s of a stray line end: {}",
+        String::from_utf8_lossy(&unexpected)
+    );
+    connection
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let second = parse_response(answer_on(&mut connection, health).as_bytes());
+    assert_eq!(second.status, 200, "{second:?}");
+
+    // Only a few: more than 8 bytes of them are a malformed request line.
+    let flood = answer_to(
+        server.addr,
+        b"\r\n\r\n\r\n\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let refused = parse_response(&flood);
+    assert_eq!(refused.status, 400, "{refused:?}");
+}
+
+#[test]
 fn an_http_1_0_client_gets_no_100_continue() {
     // RFC 9110 (15.2): no 1xx to an HTTP/1.0 client, which takes it for
     // the final answer.

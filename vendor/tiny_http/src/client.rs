@@ -123,6 +123,38 @@ fn json_error(status: u16, message: &str) -> crate::Response<std::io::Cursor<Vec
         .with_connection_close()
 }
 
+/// tinysse: line ends a client may send before a request line (RFC 9112,
+/// 2.2: a server should ignore at least one empty line there; some clients
+/// send a CRLF after a POST body) that are skipped. More are left to be
+/// read as the request line, and refused.
+const STRAY_LINE_END_BYTES: usize = 8;
+
+/// tinysse: waits for the first byte of a request (with the socket's
+/// timeout as it is set) and skips the line ends before it, up to
+/// [`STRAY_LINE_END_BYTES`]: the head's clock and size start after them,
+/// and a kept-alive connection goes on waiting for its next request as if
+/// they had not come. They used to be read as the request line: `400`,
+/// the connection closed and a request pipelined behind them lost.
+fn skip_stray_line_ends<R: Read>(reader: &mut BufReader<R>) -> IoResult<()> {
+    let mut skipped = 0;
+    loop {
+        let buffered = reader.fill_buf()?;
+        let stray = buffered
+            .iter()
+            .take(STRAY_LINE_END_BYTES - skipped)
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        if stray == 0 {
+            return Ok(());
+        }
+        reader.consume(stray);
+        skipped += stray;
+        if skipped == STRAY_LINE_END_BYTES {
+            return Ok(());
+        }
+    }
+}
+
 /// tinysse: a header line as RFC 9112 (5) has it: a field name that is a
 /// token right before the colon (no space: `Host : x` is refused, as a
 /// proxy may read it otherwise), and no NUL or CR in the value. A line
@@ -308,13 +340,15 @@ impl ClientConnection {
                 // Only the wait for its first byte: the rest of the head
                 // has the socket's own timeout.
                 let idle = self.keep_alive_idle.filter(|_| self.served);
+                let reader = self.next_header_source.turn();
                 if idle.is_some() {
-                    let reader = self.next_header_source.turn();
                     reader.get_ref().set_read_timeout(idle).ok();
-                    let first_byte = reader.fill_buf().map(|_| ());
-                    reader.get_ref().set_read_timeout(self.read_timeout).ok();
-                    first_byte.map_err(ReadError::ReadIoError)?;
                 }
+                let first_byte = skip_stray_line_ends(reader);
+                if idle.is_some() {
+                    reader.get_ref().set_read_timeout(self.read_timeout).ok();
+                }
+                first_byte.map_err(ReadError::ReadIoError)?;
                 // tinysse: the head's clock starts at the accept for the
                 // first request, at its first byte for a later one.
                 let started = if self.served { Instant::now() } else { self.accepted };
