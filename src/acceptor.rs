@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tiny_http::Handler;
+use tiny_http::{Handler, Header};
 
 /// How long to wait before starting a new acceptor, and between failed
 /// tries: what stopped the last one (no descriptor left) rarely clears at
@@ -55,6 +55,8 @@ pub struct Acceptor {
     running: Running,
     /// What each request is handed to.
     handler: Handler,
+    /// Added to the answers tiny_http writes itself.
+    error_headers: Vec<Header>,
     checked: Instant,
     /// When a restart was last logged as a warning.
     warned: Option<Instant>,
@@ -72,7 +74,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(listener: &TcpListener, handler: &Handler) -> Result<Running, String> {
+    fn start(listener: &TcpListener, handler: &Handler, error_headers: &[Header]) -> Result<Running, String> {
         let clone = listener.try_clone().map_err(|e| e.to_string())?;
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", clone.as_raw_fd()));
         let probe = std::fs::read_link(&fd_path).ok().map(|link| (fd_path, link));
@@ -84,8 +86,15 @@ impl Running {
             max_bytes: crate::http::MAX_HEAD_BYTES,
             deadline: crate::head_guard::HEAD_DEADLINE,
         });
-        let server = tiny_http::Server::from_listener_handling(clone, None, keep_alive, handler, head_limits)
-            .map_err(|e| e.to_string())?;
+        let server = tiny_http::Server::from_listener_handling(
+            clone,
+            None,
+            keep_alive,
+            handler,
+            head_limits,
+            error_headers.to_vec(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Running { server, probe })
     }
 
@@ -99,14 +108,21 @@ impl Running {
 
 impl Acceptor {
     /// Starts a tiny_http server on a clone of `listener`, which hands each
-    /// request to `handler` on its connection's thread.
+    /// request to `handler` on its connection's thread and adds
+    /// `error_headers` to the answers it writes itself (a `431` for a head
+    /// too large, say).
     ///
     /// # Errors
     /// The clone's or tiny_http's error, as text.
-    pub fn start(listener: &TcpListener, handler: Handler) -> Result<Acceptor, String> {
+    pub fn start(
+        listener: &TcpListener,
+        handler: Handler,
+        error_headers: Vec<Header>,
+    ) -> Result<Acceptor, String> {
         Ok(Acceptor {
-            running: Running::start(listener, &handler)?,
+            running: Running::start(listener, &handler, &error_headers)?,
             handler,
+            error_headers,
             checked: Instant::now(),
             warned: None,
         })
@@ -179,7 +195,7 @@ impl Acceptor {
             if free_descriptors().is_some_and(|free| free < FREE_TO_RESTART) {
                 continue;
             }
-            match Running::start(listener, &self.handler) {
+            match Running::start(listener, &self.handler, &self.error_headers) {
                 Ok(fresh) => {
                     if began.elapsed() > RETRY_EVERY * 2 {
                         log::log!(

@@ -183,7 +183,8 @@ pub fn dispatch(app: &Arc<App>, listener: &TcpListener) {
         Some(app) => handle_on_connection(&app, request),
         None => answer_stopping(request, None),
     });
-    let mut acceptor = match Acceptor::start(listener, handler) {
+    let error_headers = cors_headers(app.config.cors_origin.as_deref());
+    let mut acceptor = match Acceptor::start(listener, handler, error_headers) {
         Ok(started) => started,
         Err(e) => {
             log::error!("cannot start accepting connections: {e}");
@@ -505,13 +506,24 @@ fn json_response(status: u16, body: String, cors_origin: Option<&str>) -> Respon
     let mut response = Response::from_string(body)
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"));
-    if let Some(origin) = cors_origin {
-        response.add_header(header("Access-Control-Allow-Origin", origin));
-        if origin != "*" {
-            response.add_header(header("Access-Control-Allow-Credentials", "true"));
-        }
+    for cors in cors_headers(cors_origin) {
+        response.add_header(cors);
     }
     response
+}
+
+/// The CORS headers of an answer when `--cors-origin` is set: a page of
+/// that origin may read it (with the user's credentials, unless any origin
+/// may).
+fn cors_headers(cors_origin: Option<&str>) -> Vec<Header> {
+    let Some(origin) = cors_origin else {
+        return Vec::new();
+    };
+    let mut headers = vec![header("Access-Control-Allow-Origin", origin)];
+    if origin != "*" {
+        headers.push(header("Access-Control-Allow-Credentials", "true"));
+    }
+    headers
 }
 
 fn respond_error(app: &App, request: Request, error: ApiError) {

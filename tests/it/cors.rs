@@ -136,6 +136,50 @@ fn origin_is_allowed_on_streams_and_json_answers() {
     );
 }
 
+/// A request head over the 16 KiB limit (a browser's cookies can do it).
+fn oversized_head() -> Vec<u8> {
+    let cookie = "a".repeat(17 * 1024);
+    format!("GET /health HTTP/1.1\r\nHost: x\r\nOrigin: {ORIGIN}\r\nCookie: {cookie}\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn answers_tiny_http_writes_itself_carry_the_origin_too() {
+    // A 431 for a head too large, a 400 for a malformed header line or a
+    // body cut short are written before any handler sees the request;
+    // without the header the page saw a network error, not the message.
+    let server = TestServer::start(&["--cors-origin", ORIGIN]);
+    let addr = server.addr;
+    let wanted = vec![
+        format!("Access-Control-Allow-Origin: {ORIGIN}"),
+        "Access-Control-Allow-Credentials: true".to_string(),
+    ];
+    let too_large = parse_response(&answer_to(addr, &oversized_head()));
+    assert_eq!(too_large.status, 431, "{too_large:?}");
+    assert_eq!(cors_headers(&too_large.head), wanted, "{}", too_large.head);
+
+    let malformed = parse_response(&answer_to(
+        addr,
+        format!("GET /health HTTP/1.1\r\nHost: x\r\nOrigin: {ORIGIN}\r\nno colon here\r\n\r\n").as_bytes(),
+    ));
+    assert_eq!(malformed.status, 400, "{malformed:?}");
+    assert_eq!(cors_headers(&malformed.head), wanted, "{}", malformed.head);
+
+    let mut cut_short = std::net::TcpStream::connect(addr).expect("connect");
+    let publish = format!(
+        "POST /publish?channel=news HTTP/1.1\r\nHost: x\r\nOrigin: {ORIGIN}\r\nContent-Length: 10\r\n\r\nabc"
+    );
+    std::io::Write::write_all(&mut cut_short, publish.as_bytes()).expect("send");
+    cut_short.shutdown(std::net::Shutdown::Write).expect("half-close");
+    cut_short
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut cut_short, &mut answer);
+    let cut_short = parse_response(&answer);
+    assert_eq!(cut_short.status, 400, "{cut_short:?}");
+    assert_eq!(cors_headers(&cut_short.head), wanted, "{}", cut_short.head);
+}
+
 #[test]
 fn preflight_allows_post_with_authorization_and_content_type() {
     let server = TestServer::start(&["--cors-origin", ORIGIN, "--publish-token", "s3cret"]);
@@ -297,6 +341,15 @@ fn no_cors_headers_without_the_option() {
             response.head
         );
     }
+
+    let too_large = parse_response(&answer_to(addr, &oversized_head()));
+    assert_eq!(too_large.status, 431, "{too_large:?}");
+    assert_eq!(
+        cors_headers(&too_large.head),
+        Vec::<String>::new(),
+        "{}",
+        too_large.head
+    );
 
     // No stream preflight: 405, allowing what it always did.
     let options = http(addr, "OPTIONS", "/events", &origin, b"");

@@ -58,6 +58,10 @@ pub struct ClientConnection {
     // was accepted (its first head's clock starts then)
     head_limits: Option<HeadLimits>,
     accepted: Instant,
+
+    // tinysse: headers added to the answers written here (the server's
+    // `error_headers`)
+    error_headers: Arc<[crate::Header]>,
 }
 
 /// tinysse: bounds on a request head (its request line, headers and the
@@ -113,14 +117,22 @@ enum ReadError {
 /// tinysse: an error answer whose body is JSON `{"error": message}`, as the
 /// server's own error answers are. `message` is a constant: no escaping.
 /// Every such answer ends its connection, and says so.
-fn json_error(status: u16, message: &str) -> crate::Response<std::io::Cursor<Vec<u8>>> {
-    crate::Response::from_string(format!("{{\"error\": \"{message}\"}}"))
+fn json_error(
+    status: u16,
+    message: &str,
+    extra_headers: &[crate::Header],
+) -> crate::Response<std::io::Cursor<Vec<u8>>> {
+    let mut response = crate::Response::from_string(format!("{{\"error\": \"{message}\"}}"))
         .with_status_code(status)
         .with_header(
             crate::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
                 .expect("a valid constant header"),
         )
-        .with_connection_close()
+        .with_connection_close();
+    for header in extra_headers {
+        response.add_header(header.clone());
+    }
+    response
 }
 
 /// tinysse: line ends a client may send before a request line (RFC 9112,
@@ -189,6 +201,7 @@ impl ClientConnection {
         mut read_socket: RefinedTcpStream,
         keep_alive_idle: Option<Duration>,
         head_limits: Option<HeadLimits>,
+        error_headers: Arc<[crate::Header]>,
     ) -> ClientConnection {
         let accepted = Instant::now();
         let remote_addr = read_socket.peer_addr();
@@ -215,6 +228,7 @@ impl ClientConnection {
             served: false,
             head_limits,
             accepted,
+            error_headers,
             #[cfg(unix)]
             socket_fd,
             reading_stopped: Arc::new(AtomicBool::new(false)),
@@ -482,6 +496,7 @@ impl Iterator for ClientConnection {
                     let response = json_error(
                         400,
                         "malformed request line; expected METHOD TARGET HTTP/1.1",
+                        &self.error_headers,
                     );
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
@@ -493,7 +508,7 @@ impl Iterator for ClientConnection {
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response =
-                        json_error(400, "malformed header line; expected 'Name: value'");
+                        json_error(400, "malformed header line; expected 'Name: value'", &self.error_headers);
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
@@ -505,6 +520,7 @@ impl Iterator for ClientConnection {
                     let response = json_error(
                         408,
                         "no complete request in time; the connection is closed",
+                        &self.error_headers,
                     );
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
@@ -517,6 +533,7 @@ impl Iterator for ClientConnection {
                     let response = json_error(
                         417,
                         "unsupported Expect header; only 'Expect: 100-continue' is understood",
+                        &self.error_headers,
                     );
                     response.raw_print(writer, ver, &[], false, None).ok(); // tinysse: with its body
                     return None; // TODO: should be recoverable, but needs handling in case of body
@@ -528,11 +545,13 @@ impl Iterator for ClientConnection {
                         json_error(
                             400,
                             "the body ended before its Content-Length; nothing was published",
+                            &self.error_headers,
                         )
                     } else {
                         json_error(
                             408,
                             "body not received in time; nothing was published",
+                            &self.error_headers,
                         )
                     };
                     response.raw_print(writer, ver, &[], false, None).ok();
@@ -544,6 +563,7 @@ impl Iterator for ClientConnection {
                     let response = json_error(
                         400,
                         "the request line must be ASCII; percent-encode the path and query",
+                        &self.error_headers,
                     );
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // the rest of the head is unread: close
@@ -558,7 +578,7 @@ impl Iterator for ClientConnection {
                     let mut writer = self.sink.next().unwrap();
                     let message =
                         format!("request head too large: at most {max_bytes} bytes");
-                    json_error(431, &message)
+                    json_error(431, &message, &self.error_headers)
                         .raw_print(&mut writer, ver, &[], false, None)
                         .ok();
                     // Sent now, not when the connection is dropped after the
@@ -586,6 +606,7 @@ impl Iterator for ClientConnection {
                     let response = json_error(
                         408,
                         "request head not complete in time; the connection is closed",
+                        &self.error_headers,
                     );
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
@@ -608,6 +629,7 @@ impl Iterator for ClientConnection {
                 let response = json_error(
                     505,
                     "HTTP version not supported; use HTTP/1.1 or HTTP/1.0",
+                    &self.error_headers,
                 );
                 let mut writer = rq.into_writer();
                 response

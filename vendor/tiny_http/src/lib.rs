@@ -266,7 +266,7 @@ impl Server {
         ssl_config: Option<SslConfig>,
         keep_alive_idle: Option<std::time::Duration>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_handling(listener, ssl_config, keep_alive_idle, None, None)
+        Self::from_listener_handling(listener, ssl_config, keep_alive_idle, None, None, Vec::new())
     }
 
     /// tinysse: [`Server::from_listener_keeping_alive`], and with a
@@ -278,15 +278,20 @@ impl Server {
     /// panics ends its connection (the panic goes no further). `recv` then
     /// gives only the acceptor's error, if it ends. Over TLS requests are
     /// queued as before. `head_limits`, when given, bound every request
-    /// head's size and time ([`HeadLimits`]).
+    /// head's size and time ([`HeadLimits`]). `error_headers` are added to
+    /// every answer the server makes itself (a `400` for a malformed head,
+    /// `408`, `417`, `431`, `505`, the `503` when out of descriptors): the
+    /// CORS headers the handler's own answers carry, say.
     pub fn from_listener_handling<L: Into<Listener>>(
         listener: L,
         ssl_config: Option<SslConfig>,
         keep_alive_idle: Option<std::time::Duration>,
         handler: Option<Handler>,
         head_limits: Option<HeadLimits>,
+        error_headers: Vec<Header>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
+        let error_headers: Arc<[Header]> = error_headers.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -368,7 +373,7 @@ impl Server {
                                     target: "tinysse::tiny_http",
                                     "out of file descriptors: a new connection was answered 503 and closed ({e})"
                                 );
-                                refuse_out_of_descriptors(&mut stream);
+                                refuse_out_of_descriptors(&mut stream, &error_headers);
                                 continue;
                             }
                         };
@@ -378,6 +383,7 @@ impl Server {
                             read_closable,
                             keep_alive_idle,
                             head_limits,
+                            Arc::clone(&error_headers),
                         ))
                     }
                     Err(e) => Err(e),
@@ -527,11 +533,12 @@ impl Drop for Server {
 /// tinysse: answers a connection that cannot be served for want of file
 /// descriptors: `503` with a JSON body, then the end of the connection. A
 /// best effort: the socket is new, so the few bytes fit its buffer.
-fn refuse_out_of_descriptors(stream: &mut util::refined_tcp_stream::Stream) {
+fn refuse_out_of_descriptors(stream: &mut util::refined_tcp_stream::Stream, error_headers: &[Header]) {
     use std::io::Write;
     let body = r#"{"error": "the server is out of file descriptors; retry later"}"#;
+    let extra: String = error_headers.iter().map(|h| format!("{h}\r\n")).collect();
     let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n{extra}Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(answer.as_bytes()).ok();
