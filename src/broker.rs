@@ -788,7 +788,7 @@ mod tests {
         sub.drain(&mut out).unwrap();
         assert_eq!(
             std::str::from_utf8(&out[0].bytes).unwrap(),
-            format!("id: {id}\nevent: update\ndata: x\ndata: y\n\n")
+            format!("event: update\ndata: x\ndata: y\nid: {id}\n\n")
         );
     }
 

@@ -54,8 +54,16 @@ pub fn validate_event_name(name: &str) -> Result<(), FieldError> {
     }
 }
 
-/// Encodes one event: `id`, `event` and `data` fields in that order, then a
-/// blank line.
+/// Encodes one event: `event` and `data` fields, then `id`, then a blank
+/// line.
+///
+/// The id comes last so that a stream cut inside an event (a subscriber
+/// dropped for being slow, a write that timed out) never hands a client the
+/// id of an event it did not get whole. A client follows the standard and
+/// takes an id only when its event is dispatched, at the blank line; but
+/// some take it as soon as they read the `id:` line (the `eventsource`
+/// package for Node before version 3), reconnect with it, and would miss
+/// that event for good. The standard's own examples put `id:` after `data:`.
 ///
 /// `data` is split on LF, CRLF and CR into one `data:` line each, so the
 /// client's `MessageEvent.data` is `data` with its line breaks turned into LF.
@@ -64,11 +72,10 @@ pub fn validate_event_name(name: &str) -> Result<(), FieldError> {
 /// # Errors
 /// [`FieldError`] when the id or the event name would break the framing.
 pub fn encode_event(id: Option<&str>, event: Option<&str>, data: &str) -> Result<Vec<u8>, FieldError> {
-    let mut out = Vec::with_capacity(data.len() + 48);
     if let Some(id) = id {
         validate_id(id)?;
-        push_field(&mut out, "id", id);
     }
+    let mut out = Vec::with_capacity(data.len() + 48);
     if let Some(event) = event {
         validate_event_name(event)?;
         push_field(&mut out, "event", event);
@@ -76,6 +83,25 @@ pub fn encode_event(id: Option<&str>, event: Option<&str>, data: &str) -> Result
     for line in split_lines(data) {
         push_field(&mut out, "data", line);
     }
+    if let Some(id) = id {
+        push_field(&mut out, "id", id);
+    }
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Encodes the demo stream's event as the original post and the spec show
+/// it: `id: <id>`, `event: new_message`, `data: message_content`, in that
+/// order.
+///
+/// # Errors
+/// [`FieldError::InvalidId`] when the id would break the framing.
+pub fn encode_demo_event(id: &str) -> Result<Vec<u8>, FieldError> {
+    validate_id(id)?;
+    let mut out = Vec::with_capacity(id.len() + 48);
+    push_field(&mut out, "id", id);
+    push_field(&mut out, "event", "new_message");
+    push_field(&mut out, "data", "message_content");
     out.push(b'\n');
     Ok(out)
 }
@@ -136,8 +162,17 @@ mod tests {
     #[test]
     fn demo_event_has_fields_in_order() {
         assert_eq!(
-            event(Some("1"), Some("new_message"), "message_content"),
-            "id: 1\nevent: new_message\ndata: message_content\n\n"
+            encode_demo_event("1").expect("a valid id"),
+            b"id: 1\nevent: new_message\ndata: message_content\n\n"
+        );
+        assert_eq!(encode_demo_event("1\n"), Err(FieldError::InvalidId));
+    }
+
+    #[test]
+    fn an_event_s_id_comes_last() {
+        assert_eq!(
+            event(Some("42"), Some("update"), "a\nb"),
+            "event: update\ndata: a\ndata: b\nid: 42\n\n"
         );
     }
 
@@ -148,7 +183,7 @@ mod tests {
 
     #[test]
     fn empty_data_is_one_empty_data_line() {
-        assert_eq!(event(Some("7"), None, ""), "id: 7\ndata: \n\n");
+        assert_eq!(event(Some("7"), None, ""), "data: \nid: 7\n\n");
     }
 
     #[test]

@@ -435,8 +435,7 @@ impl Stream {
     }
 
     fn send_demo_event(&mut self, id: &DecimalId) -> io::Result<()> {
-        let bytes = event::encode_event(Some(id.as_str()), Some("new_message"), "message_content")
-            .expect("the demo event's fields are valid");
+        let bytes = event::encode_demo_event(id.as_str()).expect("a decimal id is a valid id");
         self.send(&bytes)?;
         self.events_written += 1;
         self.stats.count_delivered(1);

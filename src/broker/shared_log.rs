@@ -190,7 +190,7 @@ mod tests {
         sub.drain(&mut out).unwrap();
         assert_eq!(
             std::str::from_utf8(&out[0].bytes).unwrap(),
-            "id: 100\nevent: up\ndata: x\n\n"
+            "event: up\ndata: x\nid: 100\n\n"
         );
         assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), vec![100, 105]);
     }

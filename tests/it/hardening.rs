@@ -179,7 +179,7 @@ fn header_values_with_bytes_outside_ascii_are_served() {
     stream.set_read_timeout(Some(LONG)).unwrap();
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
-    let wanted = format!("id: {id}\ndata: caf\u{e9}\n\n");
+    let wanted = format!("data: caf\u{e9}\nid: {id}\n\n");
     while !String::from_utf8_lossy(&got).contains(&wanted) {
         let n = stream.read(&mut chunk).expect("the stream goes on");
         assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
@@ -905,13 +905,14 @@ fn a_stream_pipelined_behind_a_request_starts_after_its_answer() {
             .is_some_and(|at| text[at..].contains("\r\n\r\n"))
     });
     let id = publish(server.addr, "behind", "after the answer");
+    let event_bytes = format!("data: after the answer\nid: {id}\n");
     read_until(&mut client, &mut received, deadline, |text| {
-        text.contains("data: after the answer")
+        text.contains(&event_bytes)
     });
     let text = String::from_utf8_lossy(&received);
     let health = text.find("\"open_streams\"");
     let stream_head = text.find("text/event-stream");
-    let event = text.find(&format!("id: {id}\n"));
+    let event = text.find(&event_bytes);
     assert!(
         health.is_some() && health < stream_head && stream_head < event,
         "answer, then the stream's head, then its event:\n{text}"
@@ -1200,7 +1201,7 @@ fn what_tiny_http_would_answer_behind_a_stream_never_reaches_it() {
     }
     wait_open_streams(&server, streams.len() as u64);
     let id = publish(server.addr, "trailed", "only events");
-    let event = format!("id: {id}\ndata: only events\n\n");
+    let event = format!("data: only events\nid: {id}\n\n");
     // One chunk, the event's.
     let expected = format!("{:x}\r\n{event}\r\n", event.len());
     for (connection, trailer) in &mut streams {
