@@ -10,5 +10,6 @@ mod footprint;
 mod hardening;
 mod logging;
 mod metrics;
+mod nginx;
 mod redis;
 mod vanish;
