@@ -109,7 +109,7 @@ impl Nginx {
             );
             let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, conf).expect("write nginx.conf");
-            let child = Command::new(binary)
+            let mut child = Command::new(binary)
                 .arg("-p")
                 .arg(&dir)
                 .arg("-c")
@@ -119,21 +119,16 @@ impl Nginx {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start nginx");
-            let mut nginx = Nginx {
-                child,
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                dir: dir.clone(),
-            };
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let up = wait_until(10 * SECOND, || {
-                matches!(nginx.child.try_wait(), Ok(None)) && std::net::TcpStream::connect(nginx.addr).is_ok()
+                matches!(child.try_wait(), Ok(None)) && std::net::TcpStream::connect(addr).is_ok()
             });
             if up {
-                return nginx;
+                return Nginx { child, addr, dir };
             }
-            // The port was taken meanwhile: try another (and keep the dir).
-            let _ = nginx.child.kill();
-            let _ = nginx.child.wait();
-            std::mem::forget(nginx);
+            // The port was taken meanwhile: try another.
+            let _ = child.kill();
+            let _ = child.wait();
         }
         let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
         panic!("nginx did not start on any of 5 free ports; its log:\n{log}");
