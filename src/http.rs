@@ -108,7 +108,7 @@ impl From<BusError> for ApiError {
         let message = match e {
             BusError::Broker(e) => return e.into(),
             e @ BusError::StoppedAfterStoring => return ApiError::new(503, e.to_string()).closing(),
-            e @ BusError::NoAnswer { .. } => {
+            e @ (BusError::NoAnswer { .. } | BusError::LostAfterStoring { .. }) => {
                 format!("{e}; the event may or may not be stored, retry later (it may then come twice)")
             }
             e => format!("{e}; the event was not stored, retry later"),
@@ -596,6 +596,20 @@ fn note_unsent(sent: std::io::Result<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_redis_lost_before_it_was_read_back_is_not_confirmed() {
+        let error = ApiError::from(BusError::LostAfterStoring {
+            server: "127.0.0.1:6379".to_string(),
+        });
+        assert_eq!(error.status, 503);
+        assert!(
+            error.message.contains("may or may not be stored"),
+            "{}",
+            error.message
+        );
+        assert!(error.headers.iter().any(|(name, _)| *name == "Retry-After"));
+    }
 
     #[test]
     fn escaped_unreserved_characters_are_decoded_in_paths() {

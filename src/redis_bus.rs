@@ -150,6 +150,14 @@ pub enum BusError {
         /// How long the answer was waited for.
         waited: Duration,
     },
+    /// Redis stored the event, then the connection to it was lost before
+    /// this server read the event back: whether it survives depends on
+    /// Redis (without persistence, a Redis that died has lost it), so it is
+    /// not confirmed.
+    LostAfterStoring {
+        /// Where Redis is, without credentials.
+        server: String,
+    },
     /// The server stopped while the event was being published: Redis
     /// stored it (other servers deliver it), but this server's broker had
     /// closed before the event reached it, so its streams did not get it.
@@ -174,6 +182,10 @@ impl fmt::Display for BusError {
                 f,
                 "redis at {server} did not answer within {} ms",
                 waited.as_millis()
+            ),
+            BusError::LostAfterStoring { server } => write!(
+                f,
+                "the connection to redis at {server} was lost after it stored the event and before this server read it back"
             ),
             BusError::StoppedAfterStoring => f.write_str(
                 "the server is stopping: the event was stored in Redis for other servers, but not sent to this server's streams",
@@ -437,7 +449,13 @@ impl RedisBus {
                 self.shared
                     .unavailable(format!("unexpected id {reply:?} from the publish script"))
             })?;
-        self.wait_applied(id, APPLY_WAIT);
+        // Not read back because the reader lost Redis: Redis may have died
+        // with the event (its feed read by no node yet), so no `200`.
+        if !self.wait_applied(id, APPLY_WAIT) && !self.shared.position().connected {
+            return Err(BusError::LostAfterStoring {
+                server: self.shared.server.clone(),
+            });
+        }
         if self.shared.broker.is_closed() && self.shared.broker.last_id() < id {
             return Err(BusError::StoppedAfterStoring);
         }
@@ -525,14 +543,15 @@ impl RedisBus {
     }
 }
 
-/// `url` with whatever stands between `://` and `@` (user and password)
-/// replaced by `***`, for messages.
+/// `url` with everything between `://` and its last `@` (user and
+/// password) replaced by `***`, for messages. The last `@`, wherever it
+/// is: a password that was not percent-encoded may hold `@`, `/` or `?`,
+/// and a message hiding a little too much beats one showing a password.
 fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}://***{}", &rest[at..]),
         None => url.to_string(),
     }
@@ -580,7 +599,12 @@ mod tests {
     #[test]
     fn messages_leave_passwords_out() {
         assert_eq!(without_password("redis://:secret@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(without_password("redis://u:p@h/0?x=a@b"), "redis://***@h/0?x=a@b");
+        // Never a password, even one with `@` and `/` not percent-encoded.
+        assert_eq!(without_password("redis://u:p@h/0?x=a@b"), "redis://***@b");
+        assert_eq!(
+            without_password("redis://:p@ss:w/rd%x@127.0.0.1:6379/3"),
+            "redis://***@127.0.0.1:6379/3"
+        );
         assert_eq!(without_password("redis://h:1/0"), "redis://h:1/0");
         assert_eq!(without_password("nonsense"), "nonsense");
     }
