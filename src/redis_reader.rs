@@ -9,7 +9,9 @@
 //! entry it applied, so nothing stored before or after an outage is skipped.
 //! If the feed was trimmed past that entry meanwhile (the node was away for
 //! more than [`FEED_LEN`] events while others published), the events in
-//! between are caught up from the streams of the channels this node holds.
+//! between are caught up from the streams of the channels this node holds;
+//! so too when a read comes back full (a node stopped a while with its
+//! connection alive, or behind).
 //!
 //! [`Broker::advance`]: crate::broker::Broker::advance
 
@@ -181,6 +183,14 @@ fn session(
         if items.is_empty() {
             continue;
         }
+        // A full batch: this node is behind (it was stopped, say, with its
+        // connection alive), and the feed may have been trimmed past its
+        // cursor, which `XREAD` skips without a word. What the feed lost
+        // is caught up first; the batch's events older than that are then
+        // ignored by the broker as already applied.
+        if items.len() >= BATCH {
+            catch_up(shared, con, at.applied)?;
+        }
         for item in items {
             let Some(entry_id) = entry_id_text(item) else {
                 return Err(RespError::Protocol("a feed entry without an id".into()));
@@ -214,9 +224,10 @@ fn apply(shared: &Shared, entry: &Entry) {
     }
 }
 
-/// After a reconnection: if the feed dropped entries after `applied` (it
-/// keeps about [`FEED_LEN`]), apply the missed events of the channels this
-/// node holds from their own streams, in id order, before reading on.
+/// After a reconnection, or a full batch read: if the feed dropped entries
+/// after `applied` (it keeps about [`FEED_LEN`]), apply the missed events
+/// of the channels this node holds from their own streams, in id order,
+/// before reading on.
 fn catch_up(shared: &Shared, con: &mut Connection, applied: EventId) -> Result<(), RespError> {
     let info = match con.query(&Command::new("XINFO").arg("STREAM").arg(FEED_KEY)) {
         Ok(info) => info,

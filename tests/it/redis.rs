@@ -497,6 +497,60 @@ fn a_node_away_while_the_feed_was_trimmed_catches_up_from_the_channel() {
 }
 
 #[test]
+fn a_node_stopped_while_the_feed_was_trimmed_catches_up_with_its_connection_alive() {
+    // Found by an audit: a node paused (SIGSTOP, a VM pause) while the feed
+    // was trimmed past its cursor kept its connection, and `XREAD` went on
+    // from the oldest entry left: its subscribers silently missed the rest.
+    let test = "a_node_stopped_while_the_feed_was_trimmed_catches_up_with_its_connection_alive";
+    let Some(redis) = RedisServer::start_or_skip(test) else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let mut on_a = SseClient::connect(a.addr, "/events?channel=t", &[]);
+    let first = publish(b.addr, "t", "seen live");
+    assert_eq!(
+        on_a.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(first)
+    );
+
+    // A sleeps while B publishes 700 events; the feed keeps its newest 600
+    // (more than A reads at once), losing the 100 after A's cursor.
+    a.signal("STOP");
+    let missed: Vec<u64> = (0..700)
+        .map(|i| publish(b.addr, "t", &format!("missed {i}")))
+        .collect();
+    assert_eq!(
+        redis.command(&["XTRIM", "tinysse:feed", "MAXLEN", "600"]),
+        ":101\r\n"
+    );
+    a.signal("CONT");
+
+    // So many events at once pass --queue-size: the subscriber is dropped
+    // and comes back with its last id, as EventSource does.
+    let mut got: Vec<SseEvent> = Vec::new();
+    let mut reconnects = 0;
+    while got.len() < 700 {
+        match on_a.next_event(Duration::from_secs(30)) {
+            Some(event) => got.push(event),
+            None if reconnects < 10 => {
+                reconnects += 1;
+                let last = got.last().map_or(first, SseEvent::id_number).to_string();
+                on_a = SseClient::connect(a.addr, "/events?channel=t", &[("Last-Event-ID", &last)]);
+            }
+            None => break,
+        }
+    }
+    assert!(
+        ids(&got) == missed,
+        "A's subscriber got {} events, {} of them the missed ones in order; A's logs:\n{}",
+        got.len(),
+        ids(&got).iter().zip(&missed).take_while(|(g, m)| g == m).count(),
+        a.logs()
+    );
+}
+
+#[test]
 fn a_node_started_before_redis_serves_and_connects_later() {
     let Some(mut redis) = RedisServer::start_or_skip("a_node_started_before_redis_serves_and_connects_later")
     else {
