@@ -125,6 +125,9 @@ fn lower_max_connections(config: &mut Config, allowed: usize, why: std::fmt::Arg
     }
 }
 
+/// The kernel's default `vm.max_map_count`.
+const DEFAULT_MAX_MAP_COUNT: usize = 65_530;
+
 fn max_map_count() -> Option<usize> {
     std::fs::read_to_string("/proc/sys/vm/max_map_count")
         .ok()?
@@ -249,16 +252,23 @@ impl Server {
     /// # Errors
     /// [`StartError`] when the address cannot be bound or a thread started.
     pub fn start(mut config: Config) -> Result<Server, StartError> {
-        if let Some(maps) = max_map_count() {
-            let maps_per_thread = MAPS_PER_THREAD.load(Ordering::Relaxed);
-            lower_max_connections(
-                &mut config,
-                streams_allowed(maps, maps_per_thread),
-                format_args!(
-                    "vm.max_map_count is {maps} and each stream thread takes {maps_per_thread} memory mappings"
-                ),
-            );
-        }
+        // Hidden (systemd's `ProcSubset=pid`, say): the kernel's default,
+        // rather than no cap at all.
+        let (maps, known) = match max_map_count() {
+            Some(maps) => (maps, "is"),
+            None => (
+                DEFAULT_MAX_MAP_COUNT,
+                "cannot be read here; assumed the kernel's default",
+            ),
+        };
+        let maps_per_thread = MAPS_PER_THREAD.load(Ordering::Relaxed);
+        lower_max_connections(
+            &mut config,
+            streams_allowed(maps, maps_per_thread),
+            format_args!(
+                "vm.max_map_count {known} {maps} and each stream thread takes {maps_per_thread} memory mappings"
+            ),
+        );
         let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
             .ok()
             .map(|(soft, _)| soft);
