@@ -455,6 +455,20 @@ fn redis_restart_keeps_streams_open_and_loses_nothing() {
     }
 }
 
+/// Nodes A and B on `redis`, and a subscriber of channel `t` on A that has
+/// received a first event published on B (returned: its id).
+fn two_nodes_and_a_subscriber_on_a(redis: &RedisServer) -> (TestServer, TestServer, SseClient, u64) {
+    let a = node(redis, &[]);
+    let b = node(redis, &[]);
+    let mut on_a = SseClient::connect(a.addr, "/events?channel=t", &[]);
+    let first = publish(b.addr, "t", "seen live");
+    assert_eq!(
+        on_a.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
+        Some(first)
+    );
+    (a, b, on_a, first)
+}
+
 #[test]
 fn a_node_away_while_the_feed_was_trimmed_catches_up_from_the_channel() {
     let Some(redis) =
@@ -462,14 +476,7 @@ fn a_node_away_while_the_feed_was_trimmed_catches_up_from_the_channel() {
     else {
         return;
     };
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    let mut on_a = SseClient::connect(a.addr, "/events?channel=t", &[]);
-    let first = publish(b.addr, "t", "seen live");
-    assert_eq!(
-        on_a.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
-        Some(first)
-    );
+    let (a, b, mut on_a, _first) = two_nodes_and_a_subscriber_on_a(&redis);
 
     // A sleeps while B publishes, and the feed loses all but its newest
     // entry; then A's connection to Redis breaks.
@@ -505,14 +512,7 @@ fn a_node_stopped_while_the_feed_was_trimmed_catches_up_with_its_connection_aliv
     let Some(redis) = RedisServer::start_or_skip(test) else {
         return;
     };
-    let a = node(&redis, &[]);
-    let b = node(&redis, &[]);
-    let mut on_a = SseClient::connect(a.addr, "/events?channel=t", &[]);
-    let first = publish(b.addr, "t", "seen live");
-    assert_eq!(
-        on_a.next_event(Duration::from_secs(10)).map(|e| e.id_number()),
-        Some(first)
-    );
+    let (a, b, mut on_a, first) = two_nodes_and_a_subscriber_on_a(&redis);
 
     // A sleeps while B publishes 700 events; the feed keeps its newest 600
     // (more than A reads at once), losing the 100 after A's cursor.
