@@ -21,6 +21,26 @@ fn wait_open_streams(server: &TestServer, n: u64) {
     );
 }
 
+/// Reads a stream's response head (and whatever came with it). The
+/// subscription exists once the head is sent; an open stream is counted a
+/// moment before it subscribes, so an event published on that count alone
+/// may come too early for it.
+fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let deadline = Instant::now() + LONG;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no head: {:?}", String::from_utf8_lossy(&got));
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!("no head ({other:?}): {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    got
+}
+
 #[test]
 fn one_stream_over_the_cap_gets_503_and_the_others_go_on() {
     let server = TestServer::start(&["--max-connections", "3", "--tick-interval", "0", "--log", "info"]);
@@ -174,10 +194,9 @@ fn header_values_with_bytes_outside_ascii_are_served() {
     request.extend_from_slice(cookie);
     request.extend_from_slice(b"\r\n");
     stream.write_all(&request).unwrap();
-    wait_open_streams(&server, 1);
+    let mut got = read_head(&mut stream);
     let id = publish(server.addr, "utf8", "caf\u{e9}");
     stream.set_read_timeout(Some(LONG)).unwrap();
-    let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     let wanted = format!("data: caf\u{e9}\nid: {id}\n\n");
     while !String::from_utf8_lossy(&got).contains(&wanted) {
@@ -1201,13 +1220,13 @@ fn what_tiny_http_would_answer_behind_a_stream_never_reaches_it() {
             streams.push((connection, trailer));
         }
     }
-    wait_open_streams(&server, streams.len() as u64);
+    let mut heads: Vec<Vec<u8>> = streams.iter_mut().map(|(c, _)| read_head(c)).collect();
     let id = publish(server.addr, "trailed", "only events");
     let event = format!("data: only events\nid: {id}\n\n");
     // One chunk, the event's.
     let expected = format!("{:x}\r\n{event}\r\n", event.len());
-    for (connection, trailer) in &mut streams {
-        let mut received = Vec::new();
+    for ((connection, trailer), head) in streams.iter_mut().zip(&mut heads) {
+        let mut received = std::mem::take(head);
         let deadline = Instant::now() + LONG;
         let mut chunk = [0u8; 4096];
         while !String::from_utf8_lossy(&received).contains(&expected) {
