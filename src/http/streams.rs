@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use tiny_http::{Request, TakenConnection};
 
-use super::{error_body, request_header, respond_error, subscription_channels, too_many_streams, ApiError};
+use super::{
+    cors_headers, error_body, request_header, respond_error, subscription_channels, too_many_streams,
+    ApiError,
+};
 use crate::broker::{self, HangUp};
 use crate::keep_alive;
 use crate::last_event_id::DecimalId;
@@ -360,11 +363,8 @@ fn raw_error_response(error: &ApiError, http10: bool, cors_origin: Option<&str>)
     for (name, value) in &error.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    if let Some(origin) = cors_origin {
-        head.push_str(&format!("Access-Control-Allow-Origin: {origin}\r\n"));
-        if origin != "*" {
-            head.push_str("Access-Control-Allow-Credentials: true\r\n");
-        }
+    for cors in cors_headers(cors_origin) {
+        head.push_str(&format!("{cors}\r\n"));
     }
     head.push_str("\r\n");
     head.push_str(&body);
