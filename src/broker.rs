@@ -258,9 +258,12 @@ struct Channel {
 }
 
 impl Channel {
-    /// Wakes every subscriber of the channel now.
+    /// Wakes every subscriber of the channel now. The list is copied out
+    /// of its lock first: a woken subscriber that ends takes that lock to
+    /// leave, and waking 19,000 under it queued them all behind it.
     fn wake_members(&self) {
-        for subscriber in lock(&self.members).iter() {
+        let members = lock(&self.members).clone();
+        for subscriber in &members {
             subscriber.wake();
         }
     }
@@ -506,10 +509,11 @@ impl Broker {
         let registry = lock(&self.registry);
         self.closed.store(true, Ordering::Release);
         drop(registry);
-        let channels = self.channels_now();
-        for channel in channels {
-            channel.wake_members();
+        let mut everyone: Vec<Arc<Subscriber>> = Vec::new();
+        for channel in self.channels_now() {
+            everyone.extend(lock(&channel.members).iter().cloned());
         }
+        wake_all(&everyone);
     }
 
     /// True once [`Broker::close`] was called: publishes are refused.
@@ -642,17 +646,58 @@ impl Registry {
                     members.swap_remove(at);
                 }
                 channel.member_count.store(members.len(), Ordering::Release);
-                let mut ring = write(&channel.ring);
-                if members.is_empty() && history == 0 {
-                    ring.events.clear();
+                // The ring only matters once the last member left: until
+                // then its lock is left to the members draining it.
+                if members.is_empty() {
+                    let mut ring = write(&channel.ring);
+                    if history == 0 {
+                        ring.events.clear();
+                    }
+                    ring.events.is_empty()
+                } else {
+                    false
                 }
-                members.is_empty() && ring.events.is_empty()
             };
             if empty {
                 self.channels.retain(|_, c| !Arc::ptr_eq(c, channel));
             }
         }
     }
+}
+
+/// Threads that wake every subscriber together at shutdown.
+const CLOSE_WAKERS: usize = 8;
+
+/// Subscribers from which [`Broker::close`] wakes them from
+/// [`CLOSE_WAKERS`] threads.
+const MANY_TO_WAKE: usize = 1000;
+
+/// Wakes every one of `subscribers`, from [`CLOSE_WAKERS`] threads at
+/// once when there are many. A woken stream that ends runs at once and
+/// takes the waker's core: one thread waking 19,000 ending streams got too
+/// small a share of the cores to wake them all within the stop's 2 s
+/// (BENCHMARKS.md, "Limits found").
+fn wake_all(subscribers: &[Arc<Subscriber>]) {
+    if subscribers.len() < MANY_TO_WAKE {
+        subscribers.iter().for_each(|s| s.wake());
+        return;
+    }
+    std::thread::scope(|scope| {
+        for first in 0..CLOSE_WAKERS {
+            let slice = subscribers.iter().skip(first).step_by(CLOSE_WAKERS);
+            let spawned = std::thread::Builder::new()
+                .name("close-waker".into())
+                .stack_size(crate::SMALL_STACK)
+                .spawn_scoped(scope, move || slice.for_each(|s| s.wake()));
+            if spawned.is_err() {
+                subscribers
+                    .iter()
+                    .skip(first)
+                    .step_by(CLOSE_WAKERS)
+                    .for_each(|s| s.wake());
+            }
+        }
+    });
 }
 
 /// The fan-out thread: for every published-to channel, bump each
@@ -1005,6 +1050,55 @@ mod tests {
             b.publish("a", None, "too late"),
             Err(BrokerError::Closed)
         ));
+    }
+
+    #[test]
+    fn a_subscription_ending_after_close_does_not_wait_for_the_registry() {
+        let b = broker(10, 10, 100);
+        let sub = b.subscribe(&names(&["a"]), None).unwrap();
+        b.close();
+        // Held as thousands of ending streams would hold it, one by one.
+        let registry = lock(&b.registry);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let ender = std::thread::spawn(move || {
+            drop(sub);
+            let _ = done_tx.send(());
+        });
+        let ended = done_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+        drop(registry);
+        ender.join().unwrap();
+        assert!(ended, "the subscription waited for the registry's lock to end");
+    }
+
+    #[test]
+    fn close_wakes_every_one_of_many_subscribers() {
+        let count = MANY_TO_WAKE + 37;
+        let b = broker(10, 10, 100);
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
+        let (woken_tx, woken_rx) = crossbeam_channel::unbounded();
+        let threads: Vec<_> = (0..count)
+            .map(|_| {
+                let (b, ready_tx, woken_tx) = (Arc::clone(&b), ready_tx.clone(), woken_tx.clone());
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let sub = b.subscribe(&names(&["many"]), None).unwrap();
+                        ready_tx.send(()).unwrap();
+                        let woken = sub.wait(Instant::now() + Duration::from_secs(10));
+                        woken_tx.send(woken && sub.is_closed()).unwrap();
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for _ in 0..count {
+            ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        b.close();
+        let woken = (0..count)
+            .filter(|_| woken_rx.recv_timeout(Duration::from_secs(15)).unwrap())
+            .count();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(woken, count, "every subscriber woken by close");
     }
 
     #[test]

@@ -240,6 +240,13 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // The fan-out thread may still hold the subscriber a while.
         self.detach_connection();
+        if self.is_closed() {
+            // The broker is being shut down and goes away whole: every
+            // stream ends at once, and leaving one by one queued them
+            // all on the registry's lock (19,000 streams: thousands still
+            // waiting for it at the stop's deadline).
+            return;
+        }
         let history = self.broker.config.history;
         lock(&self.broker.registry).leave(&self.me, &self.channels, history);
     }
