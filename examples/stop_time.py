@@ -63,10 +63,14 @@ def main():
                 f"POST /publish?channel=stop HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
             )
             publisher.recv(4096)
+        fields = open(f"/proc/{server.pid}/stat").read().rsplit(")", 1)[1].split()
+        cpu_before = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         start = time.monotonic()
         server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=30)
+        _, status, usage = os.wait4(server.pid, 0)
         took = time.monotonic() - start
+        server.returncode = code = os.waitstatus_to_exitcode(status)
+        stop_cpu = usage.ru_utime + usage.ru_stime - cpu_before
     finally:
         if server.poll() is None:
             server.kill()
@@ -75,7 +79,8 @@ def main():
         for data in map(read_all, streams)
         if all(f"event-{n}".encode() in data for n in range(events)) and data.endswith(b"0\r\n\r\n")
     )
-    print(f"{count} streams, {events} events: exit {code} after {took:.3f} s; "
+    print(f"{count} streams, {events} events: exit {code} after {took:.3f} s, "
+          f"{stop_cpu:.2f} s of CPU; "
           f"{whole} of {count} got every event and the end of the body")
 
 
