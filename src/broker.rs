@@ -682,19 +682,22 @@ fn wake_all(subscribers: &[Arc<Subscriber>]) {
         subscribers.iter().for_each(|s| s.wake());
         return;
     }
+    // The `first`-th waker's share: every CLOSE_WAKERS-th subscriber.
+    let wake_share = |first: usize| {
+        subscribers
+            .iter()
+            .skip(first)
+            .step_by(CLOSE_WAKERS)
+            .for_each(|s| s.wake())
+    };
     std::thread::scope(|scope| {
         for first in 0..CLOSE_WAKERS {
-            let slice = subscribers.iter().skip(first).step_by(CLOSE_WAKERS);
             let spawned = std::thread::Builder::new()
                 .name("close-waker".into())
                 .stack_size(crate::SMALL_STACK)
-                .spawn_scoped(scope, move || slice.for_each(|s| s.wake()));
+                .spawn_scoped(scope, move || wake_share(first));
             if spawned.is_err() {
-                subscribers
-                    .iter()
-                    .skip(first)
-                    .step_by(CLOSE_WAKERS)
-                    .for_each(|s| s.wake());
+                wake_share(first);
             }
         }
     });
