@@ -7,9 +7,36 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::support::*;
+
+/// A free loopback port below the kernel's ephemeral range. Tests kill
+/// Redis and start it again on its port while nodes keep connecting to it:
+/// a port from the ephemeral range (what binding port 0 gives) may meanwhile
+/// be taken as the local port of some other connection, or of a node's own
+/// connect to it (TCP's simultaneous open connects a socket to itself),
+/// and Redis then cannot start there again (CI: "did not restart").
+fn free_port_below_ephemeral() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_535);
+    let span = 10_000;
+    for _ in 0..span {
+        let spread = std::process::id()
+            .wrapping_mul(7919)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = u16::try_from(low - span + spread % span).expect("a port under 65536");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in the {span} below {low}");
+}
 
 /// A `redis-server` started for one test, killed when dropped.
 struct RedisServer {
@@ -44,10 +71,7 @@ impl RedisServer {
             return None;
         }
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            let port = free_port_below_ephemeral();
             let mut redis = RedisServer {
                 child: None,
                 port,
